@@ -1,0 +1,288 @@
+"""Tests of bundle.losses against hand-computed values and the authors' reference test vectors."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss, one_hot, soft_dice_loss
+from bundle.rampup import ConsistencyRampUp
+
+try:
+    from tests.conftest import SHARED_FIXTURES
+except ImportError:  # pragma: no cover - tests/ not importable as a package
+    _data = Path(os.environ.get("PLGDF_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    SHARED_FIXTURES = _data.parent / "fixtures"
+
+FIXTURE = SHARED_FIXTURES / "plgdf_reference_losses.npz"
+
+
+def logits_from_probs(*voxels: tuple[float, ...]) -> torch.Tensor:
+    """(1, C, V) logits whose softmax over C is the given per-voxel probabilities."""
+    return torch.log(torch.tensor(voxels, dtype=torch.float64)).T.unsqueeze(0).float()
+
+
+# --------------------------------------------------------------------------------------------------- Dice
+# one sample, 2 classes, 2 voxels: p = [[0.8, 0.4], [0.2, 0.6]], g = [[1, 0], [0, 1]]
+# class 0: sum pg = 0.8, sum p^2 = 0.8, sum g^2 = 1; class 1: sum pg = 0.6, sum p^2 = 0.4, sum g^2 = 1
+P_SMALL = torch.tensor([[[0.8, 0.4], [0.2, 0.6]]])
+G_SMALL = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+
+
+def test_dice_paper_by_hand():
+    # (1 - 1.6 / 1.8 + 1 - 1.2 / 1.4) / 2 = (1/9 + 1/7) / 2 = 8/63
+    assert soft_dice_loss(P_SMALL, G_SMALL).item() == pytest.approx(8 / 63, rel=1e-6)
+
+
+def test_dice_reference_by_hand():
+    # (1 - 0.8 / 1.8 + 1 - 0.6 / 1.4) / 2 = (5/9 + 4/7) / 2 = 71/126
+    assert soft_dice_loss(P_SMALL, G_SMALL, form="reference").item() == pytest.approx(71 / 126, rel=1e-6)
+
+
+def test_dice_pools_the_batch():
+    # sample 0: p = g = (1, 0); sample 1: p = (0.5, 0.5), g = (0, 1), one voxel each
+    # pooled class 0: 1 - 2 * 1 / (1.25 + 1) = 1/9; class 1: 1 - 2 * 0.5 / (0.25 + 1) = 1/5 -> 7/45
+    # (the mean of per-sample Dice would be (0 + 0.6333...) / 2 instead)
+    p = torch.tensor([[[1.0], [0.0]], [[0.5], [0.5]]])
+    g = torch.tensor([[[1.0], [0.0]], [[0.0], [1.0]]])
+    assert soft_dice_loss(p, g).item() == pytest.approx(7 / 45, rel=1e-6)
+
+
+def test_dice_eps_only_in_denominator():
+    # an empty class in both p and g: 1 - 0 / (0 + eps) = 1
+    p = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    g = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    assert soft_dice_loss(p, g).item() == pytest.approx((0.0 + 1.0) / 2)
+
+
+def test_dice_errors():
+    with pytest.raises(ValueError, match="form"):
+        soft_dice_loss(P_SMALL, G_SMALL, form="mcnet")
+    with pytest.raises(ValueError, match="same shape"):
+        soft_dice_loss(P_SMALL, G_SMALL[..., :1])
+
+
+def test_one_hot():
+    y = torch.tensor([[0, 2, 1]])
+    expected = torch.tensor([[[1.0, 0, 0], [0, 0, 1], [0, 1, 0]]])
+    assert torch.equal(one_hot(y, 3), expected)
+
+
+# --------------------------------------------------------------------------------------------------- CE + Dice
+def test_pyramid_supervised_by_hand():
+    # voxel 0: p = (0.8, 0.2), label 0; voxel 1: p = (0.4, 0.6), label 1 (the Dice example above)
+    z = logits_from_probs((0.8, 0.2), (0.4, 0.6))
+    y = torch.tensor([[0, 1]])
+    ce = -(math.log(0.8) + math.log(0.6)) / 2
+    loss, parts = PyramidSupervisedLoss()([z, z], y)
+    assert parts["ce"].item() == pytest.approx(2 * ce, rel=1e-6)
+    assert parts["dice"].item() == pytest.approx(2 * 8 / 63, rel=1e-6)
+    assert loss.item() == pytest.approx(0.5 * 2 * (ce + 8 / 63), rel=1e-6)
+    # reference Dice, weight 1, target with a channel dim
+    loss_ref, parts_ref = PyramidSupervisedLoss(dice_form="reference", weight=1.0)([z], y.unsqueeze(1))
+    assert parts_ref["dice"].item() == pytest.approx(71 / 126, rel=1e-6)
+    assert loss_ref.item() == pytest.approx(ce + 71 / 126, rel=1e-6)
+    assert not parts["ce"].requires_grad
+
+
+def test_pyramid_supervised_errors_and_grad():
+    z = torch.zeros(2, 3, 4, 4, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="target"):
+        PyramidSupervisedLoss()([z], torch.zeros(2, 4, 4, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="share one shape"):
+        PyramidSupervisedLoss()([z, z[:1]], torch.zeros(2, 4, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty"):
+        PyramidSupervisedLoss()([], torch.zeros(2, 4, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="dice_form"):
+        PyramidSupervisedLoss(dice_form="x")
+    loss, _ = PyramidSupervisedLoss()([z, 2 * z], torch.ones(2, 4, 4, 4, dtype=torch.long))
+    loss.backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+def test_losses_float32_under_autocast():
+    z = torch.randn(2, 2, 4, 4, 4).bfloat16()
+    y = torch.randint(0, 2, (2, 4, 4, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [
+            PyramidSupervisedLoss()([z, z], y)[0],
+            PyramidConsistencyLoss()([z, z.flip(2)]),
+            SharpeningLoss()([z]),
+        ]
+    for out in outs:
+        assert out.dtype == torch.float32 and out.dim() == 0 and torch.isfinite(out)
+
+
+# --------------------------------------------------------------------------------------------------- consistency
+def _kl(pm, pk):
+    return sum(a * math.log(a / b) for a, b in zip(pm, pk))
+
+
+def test_consistency_two_classes_by_hand():
+    # two outputs, two voxels. voxel a: p1 = (0.8, 0.2), p2 = (0.4, 0.6), mean (0.6, 0.4), ||p_k - p_mean||^2 = 0.08
+    # voxel b: p1 = p2 = (0.5, 0.5): D = 0, distance 0, exp(-D) = 1
+    z1 = logits_from_probs((0.8, 0.2), (0.5, 0.5))
+    z2 = logits_from_probs((0.4, 0.6), (0.5, 0.5))
+    d1, d2 = _kl((0.6, 0.4), (0.8, 0.2)), _kl((0.6, 0.4), (0.4, 0.6))
+    # sum_i over the two voxels: (0.08 e^-D + 0) / (e^-D + 1), plus mean_i D = D / 2
+    expected = sum(0.08 * math.exp(-d) / (math.exp(-d) + 1) + d / 2 for d in (d1, d2)) / 2
+    assert expected == pytest.approx(0.0845796, rel=1e-5)  # D1 = 0.104650, D2 = 0.081093
+    assert PyramidConsistencyLoss()([z1, z2]).item() == pytest.approx(expected, rel=1e-5)
+    # reference form, 2 classes: the cubed difference cancels, only the KL term is left
+    kl_only = (d1 + d2) / 2 / 2
+    for detach in (True, False):
+        out = PyramidConsistencyLoss(form="reference", detach_mean=detach)([z1, z2])
+        assert out.item() == pytest.approx(kl_only, rel=1e-5)
+
+
+def test_consistency_sums_over_the_whole_batch():
+    # the same two voxels as above, but as two batch rows of one voxel each: identical value (i pools the batch)
+    z1 = logits_from_probs((0.8, 0.2), (0.5, 0.5))
+    z2 = logits_from_probs((0.4, 0.6), (0.5, 0.5))
+    as_batch = [z.permute(2, 1, 0) for z in (z1, z2)]  # (2, C, 1)
+    loss = PyramidConsistencyLoss()
+    assert loss(as_batch).item() == pytest.approx(loss([z1, z2]).item(), rel=1e-6)
+
+
+def test_consistency_three_classes_by_hand():
+    # three outputs, one voxel; p_mean = (0.4, 0.3, 0.3)
+    probs = [(0.7, 0.2, 0.1), (0.2, 0.2, 0.6), (0.3, 0.5, 0.2)]
+    zs = [logits_from_probs(p) for p in probs]
+    mean_kl = sum(_kl((0.4, 0.3, 0.3), p) for p in probs) / 3
+    # paper: ||p_k - p_mean||^2 = 0.14, 0.14, 0.06 (one voxel, so the exp(-D) weights cancel)
+    assert PyramidConsistencyLoss()(zs).item() == pytest.approx(0.34 / 3 + mean_kl, rel=1e-5)
+    # reference: sum_c (p_mean - p_k)^3 = -0.018, -0.018, -0.006, each averaged over the 3 classes
+    expected_ref = -0.042 / 9 + mean_kl
+    assert PyramidConsistencyLoss(form="reference")(zs).item() == pytest.approx(expected_ref, rel=1e-5)
+    assert expected_ref != pytest.approx(mean_kl, rel=1e-3)
+
+
+def test_consistency_zero_when_outputs_agree_and_finite_for_extreme_logits():
+    z = torch.randn(2, 3, 4, 4, 4)
+    assert PyramidConsistencyLoss()([z, z, z]).item() == pytest.approx(0.0, abs=1e-6)
+    extreme = torch.zeros(1, 2, 2, requires_grad=True)
+    with torch.no_grad():
+        extreme[0, 0, 0] = 200.0
+    loss = PyramidConsistencyLoss(detach_mean=False)([extreme, -extreme])
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(extreme.grad).all()
+
+
+def test_consistency_detach_mean_changes_gradient_only():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(1, 3, 5), torch.randn(1, 3, 5)
+    grads, values = [], []
+    for detach in (True, False):
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        loss = PyramidConsistencyLoss(detach_mean=detach)([a, b])
+        loss.backward()
+        values.append(loss.item())
+        grads.append(a.grad.clone())
+    assert values[0] == pytest.approx(values[1])
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_consistency_errors():
+    with pytest.raises(ValueError, match="form"):
+        PyramidConsistencyLoss(form="urpc")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        PyramidConsistencyLoss()([torch.zeros(1, 1, 4)])
+
+
+# --------------------------------------------------------------------------------------------------- sharpening
+def _sharp(p, t=0.1):
+    return p ** (1 / t) / (p ** (1 / t) + (1 - p) ** (1 / t))
+
+
+def test_sharpening_by_hand():
+    # p = (0.6, 0.4): s(0.6) = 1 / (1 + (2/3)^10) = 0.982954, s(0.4) = 0.017046; loss = 0.382954^2
+    z = logits_from_probs((0.6, 0.4))
+    assert _sharp(0.6) == pytest.approx(0.9829540, rel=1e-6)
+    assert SharpeningLoss()([z]).item() == pytest.approx(0.3829540**2, rel=1e-5)
+    # 3 classes, p = (0.5, 0.3, 0.2); two identical levels -> same mean
+    z3 = logits_from_probs((0.5, 0.3, 0.2))
+    expected = sum((p - _sharp(p)) ** 2 for p in (0.5, 0.3, 0.2)) / 3
+    assert SharpeningLoss()([z3, z3]).item() == pytest.approx(expected, rel=1e-5)
+    # another temperature
+    assert SharpeningLoss(temperature=0.5)([z]).item() == pytest.approx((0.6 - _sharp(0.6, 0.5)) ** 2, rel=1e-5)
+
+
+def test_sharpening_safe_and_detach():
+    z = torch.tensor([[[300.0, 0.0, -300.0], [-300.0, 0.0, 300.0]]], requires_grad=True)
+    loss = SharpeningLoss(detach_target=False)([z])
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    # at p = 0.5 the target is 0.5 too; the detached and non-detached gradients differ elsewhere
+    torch.manual_seed(0)
+    w = torch.randn(1, 3, 6)
+    g = []
+    for detach in (True, False):
+        a = w.clone().requires_grad_()
+        SharpeningLoss(detach_target=detach)([a]).backward()
+        g.append(a.grad)
+    assert not torch.allclose(g[0], g[1])
+    with pytest.raises(ValueError, match="temperature"):
+        SharpeningLoss(temperature=0.0)
+
+
+# --------------------------------------------------------------------------------------------------- reference vectors
+@pytest.fixture(scope="module")
+def reference_vectors():
+    if not FIXTURE.exists():
+        pytest.skip(f"reference test vectors not available: {FIXTURE}")
+    return dict(np.load(FIXTURE))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_reference_preset_reproduces_authors_code(reference_vectors, n_classes):
+    ref = {k[3:]: v for k, v in reference_vectors.items() if k.startswith(f"c{n_classes}_")}
+    outs = [torch.from_numpy(ref["logits"][k]) for k in range(4)]  # 4 x (8, C, 8, 8, 8)
+    sup = PyramidSupervisedLoss(dice_form="reference", weight=0.5)
+    l_sup, parts_lab = sup([o[0:2] for o in outs], torch.from_numpy(ref["label"]))
+    l_semi, parts_unl = sup([o[2:6] for o in outs], torch.from_numpy(ref["pseudo"]))
+    l_consis = PyramidConsistencyLoss(form="reference", detach_mean=False)([o[2:8] for o in outs])
+    l_sharp = SharpeningLoss(temperature=0.1, detach_target=False)([o[6:8] for o in outs])
+    w = ConsistencyRampUp(weight=1.0, length=6000, step=150)(3000)
+    got = {
+        "ce_lab": parts_lab["ce"],
+        "dice_lab_mcnet": parts_lab["dice"],
+        "ce_unl": parts_unl["ce"],
+        "dice_unl_mcnet": parts_unl["dice"],
+        "L_sup": l_sup,
+        "L_semi": l_semi,
+        "L_consis_reference": l_consis,
+        "L_sharp": l_sharp,
+        "total_at_t3000": l_sup + l_semi + w * (l_consis + l_sharp),
+    }
+    for name, value in got.items():
+        assert value.item() == pytest.approx(float(ref[name]), rel=1e-5), name
+    kl_only = PyramidConsistencyLoss(form="reference")([o[2:8] for o in outs])
+    if n_classes == 2:
+        assert kl_only.item() == pytest.approx(float(ref["L_consis_kl_only"]), rel=1e-5)
+    else:  # the cubed term does not cancel for 3 classes
+        assert float(ref["L_consis_kl_only"]) != pytest.approx(float(ref["L_consis_reference"]), rel=1e-4)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_reference_kl_only_term(reference_vectors, n_classes):
+    """``L_consis_kl_only`` = mean_k mean_i D_k,i, rebuilt independently from the consistency loss."""
+    logits = torch.from_numpy(reference_vectors[f"c{n_classes}_logits"][:, 2:8]).double()
+    probs = torch.softmax(logits, dim=2)
+    p_mean = probs.mean(0, keepdim=True)
+    kl = (p_mean * (p_mean.log() - probs.log())).sum(2).mean()
+    assert kl.item() == pytest.approx(float(reference_vectors[f"c{n_classes}_L_consis_kl_only"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_paper_form_differs_from_reference(reference_vectors, n_classes):
+    outs = [torch.from_numpy(reference_vectors[f"c{n_classes}_logits"][k]) for k in range(4)]
+    label = torch.from_numpy(reference_vectors[f"c{n_classes}_label"])
+    _, parts = PyramidSupervisedLoss()([o[0:2] for o in outs], label)
+    assert parts["dice"].item() != pytest.approx(float(reference_vectors[f"c{n_classes}_dice_lab_mcnet"]), rel=1e-2)
+    paper = PyramidConsistencyLoss()([o[2:8] for o in outs]).item()
+    assert paper > float(reference_vectors[f"c{n_classes}_L_consis_kl_only"])  # adds a positive rectified term
