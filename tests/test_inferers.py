@@ -1,0 +1,154 @@
+"""Tests of bundle.inferers: the paper's strided sliding window (UA-MT / MC-Net ``test_single_case``)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import Inferer
+
+from bundle.inferers import StridedSlidingWindowInferer, count_windows, window_starts
+
+
+def _reference_loop(net, image: np.ndarray, patch: tuple[int, int, int], stride: tuple[int, int, int]) -> np.ndarray:
+    """A transcription of the reference ``test_single_case`` (one image (H, W, D), num_classes from the net)."""
+    w, h, d = image.shape
+    pads = [max(p - s, 0) for s, p in zip((w, h, d), patch)]
+    lr = [(p // 2, p - p // 2) for p in pads]
+    if any(pads):
+        image = np.pad(image, lr, mode="constant", constant_values=0)
+    ww, hh, dd = image.shape
+    sx, sy, sz = (math.ceil((n - p) / s) + 1 for n, p, s in zip((ww, hh, dd), patch, stride))
+    score_map = None
+    cnt = np.zeros(image.shape, dtype=np.float32)
+    for x in range(sx):
+        xs = min(stride[0] * x, ww - patch[0])
+        for y in range(sy):
+            ys = min(stride[1] * y, hh - patch[1])
+            for z in range(sz):
+                zs = min(stride[2] * z, dd - patch[2])
+                tile = image[xs : xs + patch[0], ys : ys + patch[1], zs : zs + patch[2]]
+                with torch.no_grad():
+                    y1 = net(torch.from_numpy(np.ascontiguousarray(tile))[None, None].float())
+                prob = torch.softmax(y1, dim=1)[0].numpy()
+                if score_map is None:
+                    score_map = np.zeros((prob.shape[0], *image.shape), dtype=np.float32)
+                score_map[:, xs : xs + patch[0], ys : ys + patch[1], zs : zs + patch[2]] += prob
+                cnt[xs : xs + patch[0], ys : ys + patch[1], zs : zs + patch[2]] += 1
+    score_map = score_map / cnt[None]
+    (wl, _), (hl, _), (dl, _) = lr
+    return score_map[:, wl : wl + w, hl : hl + h, dl : dl + d]
+
+
+def _conv_net(out_channels: int = 3, in_channels: int = 1) -> torch.nn.Module:
+    """Position-dependent output (zero padding makes window borders differ), so the averaging is exercised."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(in_channels, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(4, out_channels, 3, padding=1)
+    ).eval()
+
+
+def test_window_starts_paper_la_stride():
+    assert window_starts(215, 112, 18) == [0, 18, 36, 54, 72, 90, 103]
+    assert window_starts(140, 112, 18) == [0, 18, 28]
+    assert window_starts(88, 80, 4) == [0, 4, 8]
+    assert window_starts(80, 80, 4) == [0]
+    assert window_starts(96, 80, 16) == [0, 16]  # exact fit: no duplicate last window
+    with pytest.raises(ValueError, match="size"):
+        window_starts(70, 80, 4)
+    with pytest.raises(ValueError, match="stride"):
+        window_starts(100, 80, 0)
+
+
+def test_count_windows():
+    assert count_windows((215, 140, 88), (112, 112, 80), (18, 18, 4)) == 7 * 3 * 3
+    inferer = StridedSlidingWindowInferer((112, 112, 80), (18, 18, 4))
+    assert inferer.count_windows((215, 140, 88)) == 63
+    assert inferer.count_windows((100, 100, 60)) == 1  # smaller than the window: padded to one window
+    assert StridedSlidingWindowInferer((96, 96, 96), 16).count_windows((200, 96, 100)) == 8 * 1 * 2
+
+
+def test_is_a_monai_inferer_and_validates_arguments():
+    assert isinstance(StridedSlidingWindowInferer((8, 8, 8), 4), Inferer)
+    with pytest.raises(ValueError, match="stride"):
+        StridedSlidingWindowInferer((8, 8, 8), (4, 9, 4))
+    with pytest.raises(ValueError, match="one value per axis"):
+        StridedSlidingWindowInferer((8, 8, 8), (4, 4))
+    with pytest.raises(ValueError, match="sw_batch_size"):
+        StridedSlidingWindowInferer((8, 8, 8), 4, sw_batch_size=0)
+    with pytest.raises(ValueError, match="pad_mode"):
+        StridedSlidingWindowInferer((8, 8, 8), 4, pad_mode="edge")
+
+
+@pytest.mark.parametrize("shape", [(20, 17, 13), (5, 9, 4), (8, 20, 6)])
+def test_equals_reference_loop(shape):
+    """Uniform averaging of window softmaxes, incl. volumes smaller than the window (padded, then cropped back)."""
+    net = _conv_net()
+    roi, stride = (8, 8, 6), (3, 5, 2)
+    image = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    expected = _reference_loop(net, image, roi, stride)
+    with torch.no_grad():
+        out = StridedSlidingWindowInferer(roi, stride)(torch.from_numpy(image)[None, None], net)
+    assert out.shape == (1, 3, *shape)
+    np.testing.assert_allclose(out[0].numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out.sum(dim=1).numpy(), 1.0, atol=1e-6)
+
+
+def test_window_batching_and_image_batch_do_not_change_the_result():
+    net = _conv_net(out_channels=2, in_channels=2)
+    x = torch.randn(2, 2, 19, 14, 11, generator=torch.Generator().manual_seed(3))
+    roi, stride = (8, 8, 8), (4, 3, 2)
+    with torch.no_grad():
+        one = StridedSlidingWindowInferer(roi, stride, num_classes=2)(x, net)
+        many = StridedSlidingWindowInferer(roi, stride, num_classes=2, sw_batch_size=5)(x, net)
+        single = StridedSlidingWindowInferer(roi, stride)(x[1:], net)
+    assert one.shape == (2, 2, 19, 14, 11)
+    torch.testing.assert_close(many, one, rtol=0, atol=1e-6)
+    torch.testing.assert_close(single[0], one[1], rtol=0, atol=1e-6)
+
+
+class _ConstantNet(torch.nn.Module):
+    """Returns the same logits at every voxel of every window."""
+
+    def __init__(self, logits: list[float]):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (x.shape[0], len(self.logits), *x.shape[2:])
+        return self.logits.view(1, -1, 1, 1, 1).expand(shape).clone()
+
+
+def test_constant_network_gives_its_softmax():
+    x = torch.zeros(1, 1, 23, 11, 9)
+    out = StridedSlidingWindowInferer((8, 8, 4), (3, 3, 1))(x, _ConstantNet([0.0, 0.0, 0.0, 0.0]))
+    assert torch.equal(out, torch.full_like(out, 0.25))  # exactly representable: exact after averaging
+    logits = [0.3, -1.2, 2.0]
+    out = StridedSlidingWindowInferer((8, 8, 4), (3, 3, 1), num_classes=3)(x, _ConstantNet(logits))
+    expected = torch.softmax(torch.tensor(logits), dim=0).view(1, 3, 1, 1, 1).expand_as(out)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-7)
+
+
+def test_bad_network_outputs_raise():
+    x = torch.zeros(1, 1, 10, 10, 10)
+    inferer = StridedSlidingWindowInferer((8, 8, 8), 4, num_classes=3)
+    with pytest.raises(ValueError, match="num_classes=3"):
+        inferer(x, _ConstantNet([0.0, 1.0]))
+    with pytest.raises(TypeError, match="eval"):
+        inferer(x, lambda t: [t, t])
+    with pytest.raises(ValueError, match="spatial"):
+        inferer(torch.zeros(10, 10, 10), _ConstantNet([0.0, 1.0]))
+
+
+def test_with_the_bundle_network_in_eval_mode():
+    from bundle.networks import PLGDFVNet
+
+    torch.manual_seed(0)
+    net = PLGDFVNet(n_filters=2).eval()
+    x = torch.randn(1, 1, 20, 18, 12)
+    with torch.no_grad():
+        out = StridedSlidingWindowInferer((16, 16, 16), (4, 4, 4), sw_batch_size=2)(x, net)
+    assert out.shape == (1, 2, 20, 18, 12)
+    torch.testing.assert_close(out.sum(dim=1), torch.ones(1, 20, 18, 12))
