@@ -1,0 +1,414 @@
+"""Ignite handlers of the PLGDF training run.
+
+- :class:`LossMonitor`: reads every loss term, lambda(t), the learning rate and the pseudo-label
+  foreground fraction once per iteration (the only host synchronisation of a step), stops the run
+  with :class:`NonFiniteLossError` naming the iteration and the term when a value is NaN/Inf,
+  appends the values to ``<output_dir>/log.jsonl`` and prints progress with an ETA.
+- :class:`TrainingCheckpointer`: full checkpoints (student, teacher, optimizer, lr scheduler,
+  engine iteration, unlabelled stream position, RNG states) written atomically as plain tensors:
+  ``checkpoint_last.pt`` at the end of every engine epoch (after validation) and of the run, periodic
+  ``checkpoint_iter_<N>.pt``, ``checkpoint_best.pt`` on the best validation metric, and the flat
+  student state_dict ``model.pt`` for inference. Resumes from ``checkpoint_last.pt``; SIGINT and
+  SIGTERM save a checkpoint before the process exits.
+- :func:`loss_terms`: output transform giving the scalar terms to MONAI's stats handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = [
+    "LossMonitor",
+    "TrainingCheckpointer",
+    "NonFiniteLossError",
+    "CheckpointError",
+    "loss_terms",
+    "atomic_save",
+    "safe_load",
+    "rng_state",
+    "set_rng_state",
+]
+
+logger = logging.getLogger("plgdf")
+SCALAR_KEYS = ("loss", "loss_sup", "loss_semi", "loss_consis", "loss_sharp", "lambda", "pseudo_fg")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or Inf."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or holds something other than plain tensors."""
+
+
+def loss_terms(output: Mapping) -> dict[str, float]:
+    """The scalar terms of a trainer output as floats (for StatsHandler / TensorBoardStatsHandler)."""
+    keys = [k for k in SCALAR_KEYS if k in output]
+    values = torch.stack([torch.as_tensor(output[k], dtype=torch.float32).detach().cpu() for k in keys]).tolist()
+    return dict(zip(keys, values))
+
+
+# -- checkpoint I/O --------------------------------------------------------------------------------
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ... by cause
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"refusing to load {path}: it contains pickled objects other than tensors and plain "
+                f"containers (possible code); only plain-tensor checkpoints are accepted ({msg})"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated file ({msg})") from None
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) RNG states as plain tensors and ints."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if hasattr(module, "module") else module
+
+
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+class _ValidatorHook:
+    """Adapter so that a trainer-side handler can also listen to the evaluator (``attach(evaluator)``)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def attach(self, engine: Engine) -> None:
+        self.fn(engine)
+
+
+# -- loss monitor / logger ---------------------------------------------------------------------------
+class LossMonitor:
+    """Per-iteration scalars: non-finite check, JSON-lines log and console progress.
+
+    Args:
+        output_dir: folder of ``log.jsonl``; ``None`` keeps no file.
+        print_interval: print a progress line every this many iterations. Defaults to 10.
+        optimizer: read its first param group's lr into the log. Defaults to None.
+        log_file: name of the JSON-lines file. Defaults to "log.jsonl".
+    """
+
+    def __init__(self, output_dir: str | None = None, print_interval: int = 10, optimizer=None,
+                 log_file: str = "log.jsonl"):
+        self.path = Path(output_dir) / log_file if output_dir else None
+        self.print_interval = max(1, int(print_interval))
+        self.optimizer = optimizer
+        self._t0: float | None = None
+        self._it0 = 0
+        self.trainer: Engine | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self.trainer = engine
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+
+    def validation_handler(self, metric_name: str = "val_mean_dice") -> _ValidatorHook:
+        """A handler for the evaluator's handler list that logs ``val_dice`` lines after each validation."""
+        return _ValidatorHook(lambda evaluator: self.attach_validator(evaluator, metric_name))
+
+    def attach_validator(self, evaluator: Engine, metric_name: str = "val_mean_dice") -> None:
+        """Logs ``val_dice`` lines after every validation run of ``evaluator``."""
+
+        def _log(engine: Engine) -> None:
+            value = engine.state.metrics.get(metric_name)
+            if value is None:
+                return
+            it = self.trainer.state.iteration if self.trainer is not None else -1
+            best = getattr(engine.state, "best_metric", float("nan"))
+            self._write({"iteration": it, "val_dice": float(value)})
+            logger.info(f"iteration {it}: validation {metric_name} {float(value):.4f} (best {float(best):.4f})")
+
+        evaluator.add_event_handler(Events.COMPLETED, _log)
+
+    def _started(self, engine: Engine) -> None:
+        self._t0, self._it0 = time.perf_counter(), engine.state.iteration
+        if self.path is not None and _is_rank0():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, record: dict) -> None:
+        if self.path is not None and _is_rank0():
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _iteration(self, engine: Engine) -> None:
+        values = loss_terms(engine.state.output)
+        it = engine.state.iteration
+        for key, value in values.items():
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"non-finite {key} = {value} at iteration {it}; "
+                    f"terms: {', '.join(f'{k}={v:.4g}' for k, v in values.items())}"
+                )
+        if self.optimizer is not None:
+            values["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        self._write({"iteration": it, **values})
+        if it % self.print_interval == 0 and _is_rank0():
+            done = it - self._it0
+            total = engine.state.max_epochs * engine.state.epoch_length
+            rate = (time.perf_counter() - self._t0) / max(done, 1)
+            eta = rate * (total - it)
+            terms = " ".join(f"{k}={v:.4f}" for k, v in values.items() if k != "loss")
+            logger.info(
+                f"iteration {it}/{total} loss={values['loss']:.4f} {terms} "
+                f"({rate:.2f} s/it, ETA {time.strftime('%H:%M:%S', time.gmtime(eta))})"
+            )
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+class TrainingCheckpointer:
+    """Atomic full checkpoints, best-model tracking, resume and save-on-signal.
+
+    Args:
+        output_dir: folder of ``checkpoint_last.pt``, ``checkpoint_best.pt``, ``checkpoint_iter_<N>.pt``.
+        network: the student; ``teacher``: the :class:`bundle.teacher.EMATeacher` (or None).
+        optimizer, lr_scheduler: saved and restored (scheduler may be None).
+        unlabeled_loader: object with ``state_dict``/``load_state_dict`` (the stream position), or None.
+        model_file: where the flat student state_dict for inference goes. Defaults to None (not written).
+        periodic_interval: iterations between kept ``checkpoint_iter_<N>.pt``; 0 disables. Defaults to 0.
+        resume: continue from ``checkpoint_last.pt`` when it exists. Defaults to False.
+        metric_name: validation metric that defines "best". Defaults to "val_mean_dice".
+        handle_signals: on SIGINT/SIGTERM finish the current iteration, save, and stop. Defaults to True.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        network: torch.nn.Module,
+        teacher: Any = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        lr_scheduler: Any = None,
+        unlabeled_loader: Any = None,
+        model_file: str | None = None,
+        periodic_interval: int = 0,
+        resume: bool = False,
+        metric_name: str = "val_mean_dice",
+        handle_signals: bool = True,
+    ):
+        self.output_dir = Path(output_dir)
+        self.network, self.teacher, self.optimizer, self.lr_scheduler = network, teacher, optimizer, lr_scheduler
+        self.unlabeled_loader = unlabeled_loader
+        self.model_file = Path(model_file) if model_file else None
+        self.periodic_interval = int(periodic_interval)
+        self.resume, self.metric_name, self.handle_signals = bool(resume), metric_name, handle_signals
+        self.best_metric, self.best_iteration = -math.inf, -1
+        self.trainer: Engine | None = None
+        self._signal: int | None = None
+        self._old_handlers: dict = {}
+
+    @property
+    def last_path(self) -> Path:
+        return self.output_dir / "checkpoint_last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.output_dir / "checkpoint_best.pt"
+
+    # state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        state = {
+            "network": {k: v.detach().clone() for k, v in _unwrap(self.network).state_dict().items()},
+            "iteration": trainer.state.iteration if trainer else 0,
+            "epoch": trainer.state.epoch if trainer else 0,
+            "best_metric": self.best_metric,
+            "best_iteration": self.best_iteration,
+            "rng": rng_state(),
+        }
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        if self.lr_scheduler is not None:
+            state["lr_scheduler"] = self.lr_scheduler.state_dict()
+        if self.unlabeled_loader is not None and hasattr(self.unlabeled_loader, "state_dict"):
+            state["unlabeled_loader"] = self.unlabeled_loader.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping, path: Path | str = "checkpoint") -> None:
+        missing = [k for k in ("network", "iteration", "epoch", "rng") if k not in state]
+        if self.teacher is not None and "teacher" not in state:
+            missing.append("teacher")
+        if self.optimizer is not None and "optimizer" not in state:
+            missing.append("optimizer")
+        if missing:
+            raise CheckpointError(f"{path} is not a full training checkpoint: missing {missing}")
+        _unwrap(self.network).load_state_dict(state["network"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and "lr_scheduler" in state:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.unlabeled_loader is not None and "unlabeled_loader" in state:
+            self.unlabeled_loader.load_state_dict(state["unlabeled_loader"])
+        self.best_metric = float(state.get("best_metric", -math.inf))
+        self.best_iteration = int(state.get("best_iteration", -1))
+        set_rng_state(state["rng"])
+
+    def save(self, path: Path | None = None) -> Path | None:
+        if not _is_rank0():
+            return None
+        return atomic_save(self.state_dict(), path or self.last_path)
+
+    def export_model(self, state_dict: Mapping | None = None) -> None:
+        """Write the flat student state_dict (plain tensors) to ``model_file``."""
+        if self.model_file is None or not _is_rank0():
+            return
+        sd = state_dict if state_dict is not None else _unwrap(self.network).state_dict()
+        atomic_save({k: v.detach().cpu().clone() for k, v in sd.items()}, self.model_file)
+
+    # engine wiring -----------------------------------------------------------------------------
+    def attach(self, engine: Engine) -> None:
+        self.trainer = engine
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._exception)
+
+    def validation_handler(self) -> _ValidatorHook:
+        """A handler for the evaluator's handler list that saves the best checkpoint."""
+        return _ValidatorHook(self.attach_validator)
+
+    def attach_validator(self, evaluator: Engine) -> None:
+        """Save ``checkpoint_best.pt`` (and ``model.pt``) when the validation metric improves."""
+        evaluator.add_event_handler(Events.COMPLETED, self._validated)
+
+    def _started(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume and self.last_path.exists():
+            state = safe_load(self.last_path)
+            self.load_state_dict(state, self.last_path)
+            engine.state.iteration = int(state["iteration"])
+            engine.state.epoch = int(state["epoch"])
+            logger.info(f"resumed from {self.last_path} at iteration {engine.state.iteration}")
+        elif self.resume:
+            logger.info(f"nothing to resume in {self.output_dir}: starting a new run")
+        if self.handle_signals:
+            self._install_signal_handlers()
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        it = engine.state.iteration
+        if self._signal is not None:
+            self.save()
+            logger.warning(f"received signal {self._signal}: saved {self.last_path} at iteration {it}, stopping")
+            engine.terminate()
+            return
+        if self.periodic_interval > 0 and it % self.periodic_interval == 0:
+            self.save(self.output_dir / f"checkpoint_iter_{it}.pt")
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        """List this handler after the ValidationHandler so that the saved state knows the best metric."""
+        self.save()
+
+    def _validated(self, evaluator: Engine) -> None:
+        value = evaluator.state.metrics.get(self.metric_name)
+        if value is None or not math.isfinite(float(value)) or float(value) <= self.best_metric:
+            return
+        self.best_metric = float(value)
+        self.best_iteration = self.trainer.state.iteration if self.trainer else -1
+        self.save(self.best_path)
+        self.export_model()
+
+    def _completed(self, engine: Engine) -> None:
+        self._restore_signal_handlers()
+        if self._signal is not None:  # stopped by a signal: saved already, the run is not finished
+            sig, self._signal = self._signal, None
+            raise SystemExit(128 + sig)
+        self.save()
+        if self.best_iteration < 0:  # no validation ran: the last student is the model
+            self.export_model()
+
+    def _exception(self, engine: Engine, e: Exception) -> None:
+        self._restore_signal_handlers()
+        if isinstance(e, NonFiniteLossError):
+            logger.error(f"{e}. The last good state is {self.last_path} (not overwritten).")
+        elif isinstance(e, KeyboardInterrupt):
+            self.save()
+            logger.warning(f"interrupted: saved {self.last_path} at iteration {engine.state.iteration}")
+        raise e
+
+    def _install_signal_handlers(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def _handler(signum, frame):
+            self._signal = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[sig] = signal.signal(sig, _handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers = {}
