@@ -8,8 +8,12 @@
   engine iteration, unlabelled stream position, RNG states) written atomically as plain tensors:
   ``checkpoint_last.pt`` at the end of every engine epoch (after validation) and of the run, periodic
   ``checkpoint_iter_<N>.pt``, ``checkpoint_best.pt`` on the best validation metric, and the flat
-  student state_dict ``model.pt`` for inference. Resumes from ``checkpoint_last.pt``; SIGINT and
-  SIGTERM save a checkpoint before the process exits.
+  student state_dict ``model.pt`` for inference. Resumes from ``checkpoint_last.pt``, also from a
+  checkpoint written mid-epoch, continuing the same data order and random draws (global RNGs, the
+  MONAI random transforms' own states, the labelled sampler and unlabelled stream positions): with
+  ``num_workers=0`` an interrupted and resumed run computes the same losses as an uninterrupted one.
+  The first SIGINT/SIGTERM saves a checkpoint after the current iteration and exits with status
+  ``128 + signal``; a second one stops at once without saving. Errors never overwrite checkpoints.
 - :func:`loss_terms`: output transform giving the scalar terms to MONAI's stats handlers.
 """
 
@@ -96,13 +100,21 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated file ({msg})") from None
 
 
+def _np_state(state: tuple) -> dict:
+    """A NumPy ``MT19937`` state tuple as plain tensors and numbers."""
+    return {"keys": torch.from_numpy(np.asarray(state[1]).astype(np.int64)), "pos": int(state[2]),
+            "has_gauss": int(state[3]), "cached_gaussian": float(state[4])}
+
+
+def _np_state_tuple(n: Mapping) -> tuple:
+    return "MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]
+
+
 def rng_state() -> dict:
     """Python, NumPy and torch (CPU and CUDA) RNG states as plain tensors and ints."""
-    np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": _np_state(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -112,13 +124,46 @@ def rng_state() -> dict:
 
 def set_rng_state(state: Mapping) -> None:
     random.setstate(_as_tuple(state["python"]))
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
+    np.random.set_state(_np_state_tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def transform_random_states(*transforms: Any) -> list[np.random.RandomState]:
+    """The distinct ``np.random.RandomState`` objects of the MONAI random transforms reachable from ``transforms``.
+
+    MONAI random transforms draw from their own ``R``, not from the global RNGs: a checkpoint must hold these
+    states too for a resumed run to draw the same crops and flips. The walk follows ``Compose.transforms``
+    and the attributes of transforms (e.g. the cropper inside ``RandSpatialCropd``) in a fixed order.
+    """
+    from monai.transforms import Randomizable, Transform
+
+    states: list[np.random.RandomState] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if depth > 10 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            children = obj
+        elif isinstance(obj, (Transform, Randomizable)):
+            rs = getattr(obj, "R", None)
+            if isinstance(rs, np.random.RandomState) and id(rs) not in seen:
+                seen.add(id(rs))
+                states.append(rs)
+            children = list(vars(obj).values())
+        else:
+            return
+        for child in children:
+            if isinstance(child, (list, tuple, Transform, Randomizable)):
+                visit(child, depth + 1)
+
+    for t in transforms:
+        if t is not None:
+            visit(t, 0)
+    return states
 
 
 def _as_tuple(x: Any) -> Any:
@@ -129,20 +174,16 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if hasattr(module, "module") else module
 
 
+def _dataset_transform(loader: Any) -> Any:
+    """``loader.dataset.transform`` of a DataLoader, or of the DataLoader inside an ``EndlessLoader``."""
+    loader = getattr(loader, "loader", loader)
+    return getattr(getattr(loader, "dataset", None), "transform", None)
+
+
 def _is_rank0() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
         torch.distributed.get_rank() == 0
     )
-
-
-class _ValidatorHook:
-    """Adapter so that a trainer-side handler can also listen to the evaluator (``attach(evaluator)``)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def attach(self, engine: Engine) -> None:
-        self.fn(engine)
 
 
 # -- loss monitor / logger ---------------------------------------------------------------------------
@@ -154,25 +195,25 @@ class LossMonitor:
         print_interval: print a progress line every this many iterations. Defaults to 10.
         optimizer: read its first param group's lr into the log. Defaults to None.
         log_file: name of the JSON-lines file. Defaults to "log.jsonl".
+        validator: an evaluator whose key metric is logged as ``val_dice`` after each validation. Defaults to None.
     """
 
     def __init__(self, output_dir: str | None = None, print_interval: int = 10, optimizer=None,
-                 log_file: str = "log.jsonl"):
+                 log_file: str = "log.jsonl", validator: Engine | None = None):
         self.path = Path(output_dir) / log_file if output_dir else None
         self.print_interval = max(1, int(print_interval))
         self.optimizer = optimizer
         self._t0: float | None = None
         self._it0 = 0
         self.trainer: Engine | None = None
+        self.validator = validator
 
     def attach(self, engine: Engine) -> None:
         self.trainer = engine
+        if self.validator is not None:
+            self.attach_validator(self.validator)
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
-
-    def validation_handler(self, metric_name: str = "val_mean_dice") -> _ValidatorHook:
-        """A handler for the evaluator's handler list that logs ``val_dice`` lines after each validation."""
-        return _ValidatorHook(lambda evaluator: self.attach_validator(evaluator, metric_name))
 
     def attach_validator(self, evaluator: Engine, metric_name: str = "val_mean_dice") -> None:
         """Logs ``val_dice`` lines after every validation run of ``evaluator``."""
@@ -189,9 +230,29 @@ class LossMonitor:
         evaluator.add_event_handler(Events.COMPLETED, _log)
 
     def _started(self, engine: Engine) -> None:
+        """Attach after :class:`TrainingCheckpointer`, so that a resumed run's iteration is already restored."""
         self._t0, self._it0 = time.perf_counter(), engine.state.iteration
         if self.path is not None and _is_rank0():
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._truncate(engine.state.iteration)
+
+    def _truncate(self, iteration: int) -> None:
+        """Drop records after ``iteration`` (a new run starts an empty log; a resumed run drops the iterations
+        done after its checkpoint, which it repeats), so that the log holds each iteration once."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                if int(json.loads(line).get("iteration", 0)) <= iteration:
+                    keep.append(line)
+            except (ValueError, AttributeError):  # a line cut by a kill: dropped
+                continue
+        if len(keep) != len(lines):
+            tmp = self.path.with_name(f".{self.path.name}.tmp.{os.getpid()}")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.path)
 
     def _write(self, record: dict) -> None:
         if self.path is not None and _is_rank0():
@@ -201,12 +262,13 @@ class LossMonitor:
     def _iteration(self, engine: Engine) -> None:
         values = loss_terms(engine.state.output)
         it = engine.state.iteration
-        for key, value in values.items():
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"non-finite {key} = {value} at iteration {it}; "
-                    f"terms: {', '.join(f'{k}={v:.4g}' for k, v in values.items())}"
-                )
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            culprits = [k for k in bad if k != "loss"] or bad  # name the term, not only the total
+            raise NonFiniteLossError(
+                f"non-finite loss term {', '.join(f'{k} = {values[k]}' for k in culprits)} at iteration {it}; "
+                f"all terms: {', '.join(f'{k}={v:.4g}' for k, v in values.items())}"
+            )
         if self.optimizer is not None:
             values["lr"] = float(self.optimizer.param_groups[0]["lr"])
         self._write({"iteration": it, **values})
@@ -236,6 +298,7 @@ class TrainingCheckpointer:
         resume: continue from ``checkpoint_last.pt`` when it exists. Defaults to False.
         metric_name: validation metric that defines "best". Defaults to "val_mean_dice".
         handle_signals: on SIGINT/SIGTERM finish the current iteration, save, and stop. Defaults to True.
+        validator: the evaluator whose ``metric_name`` defines the best checkpoint. Defaults to None.
     """
 
     def __init__(
@@ -251,6 +314,7 @@ class TrainingCheckpointer:
         resume: bool = False,
         metric_name: str = "val_mean_dice",
         handle_signals: bool = True,
+        validator: Engine | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.network, self.teacher, self.optimizer, self.lr_scheduler = network, teacher, optimizer, lr_scheduler
@@ -260,8 +324,10 @@ class TrainingCheckpointer:
         self.resume, self.metric_name, self.handle_signals = bool(resume), metric_name, handle_signals
         self.best_metric, self.best_iteration = -math.inf, -1
         self.trainer: Engine | None = None
+        self.validator = validator
         self._signal: int | None = None
         self._old_handlers: dict = {}
+        self._pending_rng: Mapping | None = None
 
     @property
     def last_path(self) -> Path:
@@ -290,7 +356,12 @@ class TrainingCheckpointer:
             state["lr_scheduler"] = self.lr_scheduler.state_dict()
         if self.unlabeled_loader is not None and hasattr(self.unlabeled_loader, "state_dict"):
             state["unlabeled_loader"] = self.unlabeled_loader.state_dict()
+        state["transforms_rng"] = [_np_state(rs.get_state()) for rs in self._transform_states()]
         return state
+
+    def _transform_states(self) -> list[np.random.RandomState]:
+        loaders = (getattr(self.trainer, "data_loader", None), self.unlabeled_loader)
+        return transform_random_states(*(_dataset_transform(loader) for loader in loaders))
 
     def load_state_dict(self, state: Mapping, path: Path | str = "checkpoint") -> None:
         missing = [k for k in ("network", "iteration", "epoch", "rng") if k not in state]
@@ -311,7 +382,17 @@ class TrainingCheckpointer:
             self.unlabeled_loader.load_state_dict(state["unlabeled_loader"])
         self.best_metric = float(state.get("best_metric", -math.inf))
         self.best_iteration = int(state.get("best_iteration", -1))
-        set_rng_state(state["rng"])
+        if "transforms_rng" in state:
+            targets = self._transform_states()
+            if len(targets) == len(state["transforms_rng"]):
+                for rs, saved in zip(targets, state["transforms_rng"]):
+                    rs.set_state(_np_state_tuple(saved))
+            else:
+                logger.warning(
+                    f"{path}: {len(state['transforms_rng'])} random-transform states saved but the pipeline has "
+                    f"{len(targets)}: random augmentation does not continue the interrupted sequence"
+                )
+        set_rng_state(state["rng"])  # last: restoring the other parts may draw random numbers
 
     def save(self, path: Path | None = None) -> Path | None:
         if not _is_rank0():
@@ -328,15 +409,14 @@ class TrainingCheckpointer:
     # engine wiring -----------------------------------------------------------------------------
     def attach(self, engine: Engine) -> None:
         self.trainer = engine
+        if self.validator is not None:
+            self.attach_validator(self.validator)
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._first_batch)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self._completed)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._exception)
-
-    def validation_handler(self) -> _ValidatorHook:
-        """A handler for the evaluator's handler list that saves the best checkpoint."""
-        return _ValidatorHook(self.attach_validator)
 
     def attach_validator(self, evaluator: Engine) -> None:
         """Save ``checkpoint_best.pt`` (and ``model.pt``) when the validation metric improves."""
@@ -344,30 +424,76 @@ class TrainingCheckpointer:
 
     def _started(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temporaries()
         if self.resume and self.last_path.exists():
             state = safe_load(self.last_path)
             self.load_state_dict(state, self.last_path)
-            engine.state.iteration = int(state["iteration"])
-            engine.state.epoch = int(state["epoch"])
+            self._resume_position(engine, int(state["iteration"]), state["rng"])
             logger.info(f"resumed from {self.last_path} at iteration {engine.state.iteration}")
         elif self.resume:
             logger.info(f"nothing to resume in {self.output_dir}: starting a new run")
         if self.handle_signals:
             self._install_signal_handlers()
 
+    def _resume_position(self, engine: Engine, iteration: int, rng: Mapping) -> None:
+        """Put the engine (and the labelled sampler) where the checkpointed run stood.
+
+        ``epoch`` is the number of *completed* epochs, so that a checkpoint written mid-epoch (on a signal)
+        continues that epoch: Ignite starts epoch ``epoch + 1`` at its ``iteration % epoch_length``-th batch. The
+        labelled sampler skips the batches already used in that epoch, and the RNG states are applied again
+        once the first batch is loaded, because creating the data-loader iterator draws a random seed that the
+        uninterrupted run did not draw at that point.
+        """
+        engine.state.iteration = iteration
+        length = engine.state.epoch_length
+        engine.state.epoch = iteration // length if length else engine.state.epoch
+        within = iteration % length if length else 0
+        if within:
+            loader = getattr(engine, "data_loader", None)
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "skip_next"):
+                sampler.skip_next = within * int(getattr(loader, "batch_size", 1) or 1)
+            self._pending_rng = rng
+
+    def _first_batch(self, engine: Engine) -> None:
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of an earlier process killed while saving (their targets are intact)."""
+        if not _is_rank0():
+            return
+        stale = list(self.output_dir.glob(".*.tmp.*"))
+        if self.model_file is not None and self.model_file.parent.is_dir():
+            stale += list(self.model_file.parent.glob(f".{self.model_file.name}.tmp.*"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+            logger.info(f"removed the temporary file {path} left by an interrupted save")
+
     def _iteration_completed(self, engine: Engine) -> None:
         it = engine.state.iteration
-        if self._signal is not None:
-            self.save()
-            logger.warning(f"received signal {self._signal}: saved {self.last_path} at iteration {it}, stopping")
-            engine.terminate()
+        length = engine.state.epoch_length
+        if self._signal is not None and not (length and it % length == 0):
+            self._stop(engine)
             return
+        # a signal during an epoch's last iteration: validation and the epoch checkpoint run first
         if self.periodic_interval > 0 and it % self.periodic_interval == 0:
             self.save(self.output_dir / f"checkpoint_iter_{it}.pt")
 
+    def _stop(self, engine: Engine) -> None:
+        self.save()
+        logger.warning(
+            f"received signal {self._signal}: saved {self.last_path} at iteration {engine.state.iteration}, stopping"
+        )
+        engine.terminate()
+
     def _epoch_completed(self, engine: Engine) -> None:
         """List this handler after the ValidationHandler so that the saved state knows the best metric."""
-        self.save()
+        if self._signal is not None:
+            self._stop(engine)
+        else:
+            self.save()
 
     def _validated(self, evaluator: Engine) -> None:
         value = evaluator.state.metrics.get(self.metric_name)
@@ -388,21 +514,27 @@ class TrainingCheckpointer:
             self.export_model()
 
     def _exception(self, engine: Engine, e: Exception) -> None:
+        """Never saves: the state of a failed or interrupted iteration may be half updated (NaN weights, an
+        optimizer step without its EMA update); the last checkpoint stays the last good state."""
         self._restore_signal_handlers()
+        last = f"{self.last_path} (not overwritten)" if self.last_path.exists() else "none (no checkpoint saved yet)"
         if isinstance(e, NonFiniteLossError):
-            logger.error(f"{e}. The last good state is {self.last_path} (not overwritten).")
+            logger.error(f"{e}. The last good state is {last}.")
         elif isinstance(e, KeyboardInterrupt):
-            self.save()
-            logger.warning(f"interrupted: saved {self.last_path} at iteration {engine.state.iteration}")
+            logger.warning(f"interrupted at iteration {engine.state.iteration} without saving; last checkpoint: {last}")
         raise e
 
     def _install_signal_handlers(self) -> None:
+        """First SIGINT/SIGTERM: finish the iteration, save, stop. A second one stops at once, without saving."""
         import threading
 
         if threading.current_thread() is not threading.main_thread():
             return
 
         def _handler(signum, frame):
+            if self._signal is not None:
+                self._restore_signal_handlers()
+                raise KeyboardInterrupt(f"second signal {signum}: stopping without saving")
             self._signal = signum
 
         for sig in (signal.SIGINT, signal.SIGTERM):
