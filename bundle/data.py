@@ -60,6 +60,7 @@ class RepeatedShuffleSampler(DistributedSampler):
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.total_size = self.num_samples * num_replicas
+        self.skip_next = 0
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator()
@@ -70,7 +71,8 @@ class RepeatedShuffleSampler(DistributedSampler):
             chunks.append(chunk)
             count += self.n
         indices = torch.cat(chunks)[: self.total_size]
-        return iter(indices[self.rank :: self.num_replicas].tolist())
+        skip, self.skip_next = int(self.skip_next), 0
+        return iter(indices[self.rank :: self.num_replicas][skip:].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
@@ -82,6 +84,10 @@ class EndlessLoader:
     Args:
         loader: a finite DataLoader (typically with a :class:`RepeatedShuffleSampler`).
         start_pass: number of the first pass (restored on resume so the stream continues). Defaults to 0.
+
+    ``state_dict`` holds the pass number and the batches already taken from the current pass; with a sampler
+    that has ``skip_next`` (:class:`RepeatedShuffleSampler`), ``load_state_dict`` continues that pass at the
+    next batch without loading the skipped ones.
     """
 
     def __init__(self, loader: DataLoader, start_pass: int = 0):
@@ -89,13 +95,17 @@ class EndlessLoader:
             raise ValueError("EndlessLoader got an empty loader")
         self.loader = loader
         self.passes = start_pass
+        self.consumed = 0  # batches taken from the current pass
         self._iter: Iterator | None = None
 
-    def _new_pass(self) -> Iterator:
+    def _new_pass(self, skip_batches: int = 0) -> Iterator:
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.passes)
+        if skip_batches:
+            sampler.skip_next = skip_batches * int(self.loader.batch_size or 1)
         self.passes += 1
+        self.consumed = skip_batches
         return iter(self.loader)
 
     def __iter__(self) -> EndlessLoader:
@@ -105,17 +115,24 @@ class EndlessLoader:
         if self._iter is None:
             self._iter = self._new_pass()
         try:
-            return next(self._iter)
+            batch = next(self._iter)
         except StopIteration:
             self._iter = self._new_pass()
-            return next(self._iter)
+            batch = next(self._iter)
+        self.consumed += 1
+        return batch
 
     def state_dict(self) -> dict:
-        return {"passes": self.passes}
+        return {"passes": self.passes, "consumed": self.consumed}
 
     def load_state_dict(self, state: dict) -> None:
         self.passes = int(state["passes"])
-        self._iter = None
+        consumed = int(state.get("consumed", 0))
+        self._iter, self.consumed = None, 0
+        sampler = getattr(self.loader, "sampler", None)
+        if self.passes > 0 and consumed > 0 and hasattr(sampler, "skip_next"):
+            self.passes -= 1  # continue the interrupted pass (its iterator is made now, before RNGs are restored)
+            self._iter = self._new_pass(skip_batches=consumed)
 
 
 def resolve_datalist(datalist_file: str, demo_dir: str) -> str:

@@ -174,6 +174,14 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if hasattr(module, "module") else module
 
 
+def _finite_output(output: Any) -> bool:
+    """False when the iteration output's loss terms hold NaN/Inf (True when there is nothing to check)."""
+    if not isinstance(output, Mapping):
+        return True
+    terms = [torch.as_tensor(output[k]).detach().float() for k in SCALAR_KEYS if k in output]
+    return not terms or bool(torch.isfinite(torch.stack([t.reshape(()) for t in terms])).all())
+
+
 def _dataset_transform(loader: Any) -> Any:
     """``loader.dataset.transform`` of a DataLoader, or of the DataLoader inside an ``EndlessLoader``."""
     loader = getattr(loader, "loader", loader)
@@ -478,14 +486,16 @@ class TrainingCheckpointer:
             self._stop(engine)
             return
         # a signal during an epoch's last iteration: validation and the epoch checkpoint run first
-        if self.periodic_interval > 0 and it % self.periodic_interval == 0:
+        if self.periodic_interval > 0 and it % self.periodic_interval == 0 and _finite_output(engine.state.output):
             self.save(self.output_dir / f"checkpoint_iter_{it}.pt")
 
     def _stop(self, engine: Engine) -> None:
-        self.save()
-        logger.warning(
-            f"received signal {self._signal}: saved {self.last_path} at iteration {engine.state.iteration}, stopping"
-        )
+        it = engine.state.iteration
+        if _finite_output(engine.state.output):
+            self.save()
+            logger.warning(f"received signal {self._signal}: saved {self.last_path} at iteration {it}, stopping")
+        else:  # LossMonitor stops the run with the error; the last checkpoint stays the last good state
+            logger.warning(f"received signal {self._signal} at iteration {it} with a non-finite loss: not saved")
         engine.terminate()
 
     def _epoch_completed(self, engine: Engine) -> None:
