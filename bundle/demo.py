@@ -6,7 +6,7 @@ Every case is an abdominal-CT-like volume in Hounsfield units (HU) with one enha
 - soft tissue (about 40 HU) with a smooth low-frequency texture, a liver-like region (about 60 HU);
 - a spine-like bone structure (about 700 HU) with a spinal canal (about 10 HU);
 - the target: an enhanced spleen-like organ (about 130 HU, label 1) whose surface is an ellipsoid with a
-  radius perturbed by a few smooth random harmonics, varying in size (diameter 25-45% of the body width),
+  radius perturbed by a few smooth random harmonics, varying in size (diameter 40-60% of the body width),
   position, orientation and shape between cases;
 - slight blur (partial volume) and Gaussian noise (sigma 20 HU).
 
@@ -194,12 +194,12 @@ def synthesize_case(
     image[canal & body] = HU_CANAL
 
     # Target organ: spleen-like, on the patient's left (high array index along axis 0), posterior-lateral.
-    diameter = rng.uniform(0.25, 0.45) * 2.0 * a.mean()
+    diameter = rng.uniform(0.40, 0.60) * 2.0 * a.mean()
     radii = 0.5 * diameter * np.array([rng.uniform(0.75, 1.0), rng.uniform(0.9, 1.2), rng.uniform(1.0, 1.4)])
     organ_c = np.array(
         [
-            cx + rng.uniform(0.30, 0.45) * a.mean(),
-            cy + rng.uniform(-0.15, 0.25) * b.mean(),
+            cx + rng.uniform(0.15, 0.35) * a.mean(),
+            cy + rng.uniform(-0.15, 0.15) * b.mean(),
             extent[2] * rng.uniform(0.35, 0.65),
         ]
     )
