@@ -14,7 +14,8 @@ Architecture (``docs/method.md`` of the project, after the MC-Net / URPC V-Net):
 
 In ``train()`` mode the network returns ``[P1, P2, P3, P4]`` (logits, each ``(B, C, H, W, D)``);
 in ``eval()`` mode it returns P1 alone as a tensor, so that MONAI inferers, TorchScript export and
-MONAI Label use it unchanged.
+MONAI Label use it unchanged. A TorchScript-compiled network returns P1 in both modes (``torch.jit.script``
+compiles only that path, as one return type).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class PLGDFVNet(nn.Module):
         x8 = self.dec8(self.up7(x7) + x2)
         x9 = self.dec9(self.up8(x8) + x1)
         p1 = self.head1(self.out_dropout(x9))
-        if not self.training:
+        if torch.jit.is_scripting() or not self.training:  # TorchScript (export) keeps the P1 path only
             return p1
         p2 = F.interpolate(self.head2(x8), scale_factor=2.0, mode="trilinear", align_corners=False)
         p3 = F.interpolate(self.head3(x7), scale_factor=4.0, mode="nearest")
