@@ -102,8 +102,12 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
 
 def _np_state(state: tuple) -> dict:
     """A NumPy ``MT19937`` state tuple as plain tensors and numbers."""
-    return {"keys": torch.from_numpy(np.asarray(state[1]).astype(np.int64)), "pos": int(state[2]),
-            "has_gauss": int(state[3]), "cached_gaussian": float(state[4])}
+    return {
+        "keys": torch.from_numpy(np.asarray(state[1]).astype(np.int64)),
+        "pos": int(state[2]),
+        "has_gauss": int(state[3]),
+        "cached_gaussian": float(state[4]),
+    }
 
 
 def _np_state_tuple(n: Mapping) -> tuple:
@@ -206,8 +210,14 @@ class LossMonitor:
         validator: an evaluator whose key metric is logged as ``val_dice`` after each validation. Defaults to None.
     """
 
-    def __init__(self, output_dir: str | None = None, print_interval: int = 10, optimizer=None,
-                 log_file: str = "log.jsonl", validator: Engine | None = None):
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        print_interval: int = 10,
+        optimizer=None,
+        log_file: str = "log.jsonl",
+        validator: Engine | None = None,
+    ):
         self.path = Path(output_dir) / log_file if output_dir else None
         self.print_interval = max(1, int(print_interval))
         self.optimizer = optimizer

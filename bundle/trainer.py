@@ -170,7 +170,7 @@ class PLGDFTrainer(SupervisedTrainer):
         y_hat = None
         if engine.use_unlabeled:
             x_u = engine.next_unlabeled()
-            n_u, k = x_u.shape[0], engine.n_copies
+            k = engine.n_copies
             x_u_noisy = engine._noise(x_u.repeat(k, *([1] * (x_u.ndim - 1))))  # copy-major
             with engine._autocast():
                 y_hat, _ = engine.teacher.pseudo_labels(x_u_noisy.contiguous(memory_format=engine.memory_format), k)
@@ -224,8 +224,6 @@ class PLGDFTrainer(SupervisedTrainer):
                 terms["loss_consis"] = self.consistency_loss([o[n_l:] for o in outputs])
             if self.sharpening:
                 terms["loss_sharp"] = self.sharpening_loss([o[n_l + n_semi :] for o in outputs])
-        terms["loss"] = (
-            terms["loss_sup"] + terms["loss_semi"] + weight * (terms["loss_sharp"] + terms["loss_consis"])
-        )
+        terms["loss"] = terms["loss_sup"] + terms["loss_semi"] + weight * (terms["loss_sharp"] + terms["loss_consis"])
         terms["lambda"] = torch.tensor(weight)
         return terms

@@ -24,8 +24,9 @@ def test_train_check_properties():
     )
     # check_properties resolves _target_s: the bundle root must be importable (bundle.md)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert "PROPS []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 

@@ -26,9 +26,22 @@ from bundle.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, Sharpen
 from tests.conftest import REPO_ROOT
 
 TINY = [
-    "--n_filters", "2", "--patch_size", "[16,16,16]", "--spacing", "[3.0,3.0,3.0]",
-    "--labeled_batch_size", "1", "--unlabeled_batch_size", "1", "--print_interval", "1",
-    "--val_interval", "4", "--num_iterations", "16",
+    "--n_filters",
+    "2",
+    "--patch_size",
+    "[16,16,16]",
+    "--spacing",
+    "[3.0,3.0,3.0]",
+    "--labeled_batch_size",
+    "1",
+    "--unlabeled_batch_size",
+    "1",
+    "--print_interval",
+    "1",
+    "--val_interval",
+    "4",
+    "--num_iterations",
+    "16",
 ]
 ENV = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
 ENV.pop("PLGDF_TRACEBACK", None)
@@ -49,13 +62,28 @@ class NaNSharpeningLoss(SharpeningLoss):
 
 # -- helpers --------------------------------------------------------------------------------------------
 def train_cmd(demo: Path, out: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", *TINY,
-            "--dataset_dir", str(demo), "--output_dir", str(out), "--ckpt_dir", str(out / "models"), *args]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/train.json",
+        *TINY,
+        "--dataset_dir",
+        str(demo),
+        "--output_dir",
+        str(out),
+        "--ckpt_dir",
+        str(out / "models"),
+        *args,
+    ]
 
 
 def run_train(demo: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(train_cmd(demo, out, *args), cwd=REPO_ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        train_cmd(demo, out, *args), cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600
+    )
 
 
 def read_log(out: Path) -> list[dict]:
@@ -64,8 +92,9 @@ def read_log(out: Path) -> list[dict]:
 
 def start_and_wait(demo: Path, out: Path, iterations: int) -> subprocess.Popen:
     """Start training and return once ``iterations`` iterations are logged and a checkpoint exists."""
-    proc = subprocess.Popen(train_cmd(demo, out), cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(demo, out), cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -192,8 +221,14 @@ def test_sigterm_saves_then_resume_continues(tiny_demo: Path, reference: Path, t
 @pytest.mark.slow
 def test_non_finite_loss_stops_with_iteration_and_term(tiny_demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = run_train(tiny_demo, out, "--sharpening_loss#_target_", "tests.test_interrupt.NaNSharpeningLoss",
-                     "--sharpening_loss#nan_from_call", "6")
+    proc = run_train(
+        tiny_demo,
+        out,
+        "--sharpening_loss#_target_",
+        "tests.test_interrupt.NaNSharpeningLoss",
+        "--sharpening_loss#nan_from_call",
+        "6",
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("NonFiniteLossError: non-finite loss term loss_sharp = nan at iteration 6"), last
@@ -312,7 +347,7 @@ def test_every_checkpoint_load_in_the_code_uses_weights_only() -> None:
             while depth and end < len(text):
                 depth += {"(": 1, ")": -1}.get(text[end], 0)
                 end += 1
-            calls.append((path.name, text[match.start():end]))
+            calls.append((path.name, text[match.start() : end]))
     assert calls, "no torch.load call found"
     unsafe = [(name, call) for name, call in calls if "weights_only=True" not in call]
     assert unsafe == []

@@ -19,16 +19,45 @@ from bundle.validation import resolved_settings, write_run_settings
 from tests.conftest import REPO_ROOT
 
 TINY = [
-    "--n_filters", "2", "--patch_size", "[16,16,16]", "--spacing", "[3.0,3.0,3.0]",
-    "--labeled_batch_size", "1", "--unlabeled_batch_size", "1", "--print_interval", "1",
-    "--val_interval", "3", "--num_iterations", "6", "--rand_flip_prob", "0.5",
+    "--n_filters",
+    "2",
+    "--patch_size",
+    "[16,16,16]",
+    "--spacing",
+    "[3.0,3.0,3.0]",
+    "--labeled_batch_size",
+    "1",
+    "--unlabeled_batch_size",
+    "1",
+    "--print_interval",
+    "1",
+    "--val_interval",
+    "3",
+    "--num_iterations",
+    "6",
+    "--rand_flip_prob",
+    "0.5",
 ]
 
 
 def run_train(demo: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", *TINY,
-           "--dataset_dir", str(demo), "--output_dir", str(out), "--ckpt_dir", str(out / "models"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/train.json",
+        *TINY,
+        "--dataset_dir",
+        str(demo),
+        "--output_dir",
+        str(out),
+        "--ckpt_dir",
+        str(out / "models"),
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -61,8 +90,9 @@ def test_same_seed_same_losses_and_checkpoints(two_runs: tuple[Path, Path]) -> N
             assert ta.keys() == tb.keys()
             assert all(torch.equal(ta[k], tb[k]) for k in ta), (name, part)
     opt_a, opt_b = safe_load(a / "checkpoint_last.pt")["optimizer"], safe_load(b / "checkpoint_last.pt")["optimizer"]
-    assert all(torch.equal(opt_a["state"][k]["momentum_buffer"], opt_b["state"][k]["momentum_buffer"])
-               for k in opt_a["state"])
+    assert all(
+        torch.equal(opt_a["state"][k]["momentum_buffer"], opt_b["state"][k]["momentum_buffer"]) for k in opt_a["state"]
+    )
 
 
 @pytest.mark.slow
@@ -118,8 +148,13 @@ def test_write_run_settings_records_plain_values_without_creating_objects(tmp_pa
     parser.parse()
     resolved = resolved_settings(parser)
     resolved.pop("_meta_", None)  # the bundle metadata, when the parser has it
-    assert resolved == {"root": str(tmp_path), "out": f"{tmp_path}/run", "steps": 10, "ramp": 4,
-                        "window": [-125.0, 275.0]}
+    assert resolved == {
+        "root": str(tmp_path),
+        "out": f"{tmp_path}/run",
+        "steps": 10,
+        "ramp": 4,
+        "window": [-125.0, 275.0],
+    }
     assert Recorder.made == 0
 
     first = write_run_settings(tmp_path / "run", seed=7, parser=parser)

@@ -17,8 +17,18 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "--n_filters", "2", "--patch_size", "[16,16,16]", "--spacing", "[3.0,3.0,3.0]",
-    "--labeled_batch_size", "1", "--unlabeled_batch_size", "1", "--print_interval", "1",
+    "--n_filters",
+    "2",
+    "--patch_size",
+    "[16,16,16]",
+    "--spacing",
+    "[3.0,3.0,3.0]",
+    "--labeled_batch_size",
+    "1",
+    "--unlabeled_batch_size",
+    "1",
+    "--print_interval",
+    "1",
 ]
 
 
@@ -27,7 +37,9 @@ def run_bundle(*args: str, config: str = "configs/train.json", check: bool = Tru
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *args]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -44,8 +56,17 @@ def read_log(path: Path) -> list[dict]:
 
 def test_train_stop_resume(tiny_demo, tmp_path):
     out, models = tmp_path / "run", tmp_path / "models"
-    common = [*TINY, "--dataset_dir", str(tiny_demo), "--output_dir", str(out), "--ckpt_dir", str(models),
-              "--val_interval", "2"]
+    common = [
+        *TINY,
+        "--dataset_dir",
+        str(tiny_demo),
+        "--output_dir",
+        str(out),
+        "--ckpt_dir",
+        str(models),
+        "--val_interval",
+        "2",
+    ]
     run_bundle(*common, "--num_iterations", "4")
     ckpt = torch.load(out / "checkpoint_last.pt", weights_only=True)
     assert ckpt["iteration"] == 4

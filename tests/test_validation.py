@@ -60,11 +60,16 @@ def cases(tmp_path: Path) -> dict:
     """A valid data list: 2 labelled, 1 unlabelled, 1 validation, 1 test case (NIfTI)."""
     d = {"training": [], "unlabeled": [], "validation": [], "test": []}
     for i in range(2):
-        d["training"].append({"image": nifti(tmp_path / f"img{i}.nii.gz", image(i)),
-                              "label": nifti(tmp_path / f"lab{i}.nii.gz", label())})
+        d["training"].append(
+            {
+                "image": nifti(tmp_path / f"img{i}.nii.gz", image(i)),
+                "label": nifti(tmp_path / f"lab{i}.nii.gz", label()),
+            }
+        )
     d["unlabeled"].append({"image": nifti(tmp_path / "u0.nii.gz", image(5))})
-    d["validation"].append({"image": nifti(tmp_path / "v0.nii.gz", image(6)),
-                            "label": nifti(tmp_path / "vl0.nii.gz", label())})
+    d["validation"].append(
+        {"image": nifti(tmp_path / "v0.nii.gz", image(6)), "label": nifti(tmp_path / "vl0.nii.gz", label())}
+    )
     d["test"].append({"image": nifti(tmp_path / "t0.nii.gz", image(7))})
     return d
 
@@ -152,14 +157,22 @@ def test_truncated_and_incomplete_h5(tmp_path: Path) -> None:
 
     truncated = tmp_path / "la_cut.h5"
     truncated.write_bytes(good.read_bytes()[:3000])
-    expect_error({"training": [{"image": str(truncated), "label": str(truncated)}]}, str(truncated),
-                 "unreadable h5", labeled_batch_size=1)
+    expect_error(
+        {"training": [{"image": str(truncated), "label": str(truncated)}]},
+        str(truncated),
+        "unreadable h5",
+        labeled_batch_size=1,
+    )
 
     no_label = tmp_path / "la_nolabel.h5"
     with h5py.File(no_label, "w") as f:
         f["image"] = image(0)
-    expect_error({"training": [{"image": str(no_label), "label": str(no_label)}]}, str(no_label),
-                 "no dataset 'label'", labeled_batch_size=1)
+    expect_error(
+        {"training": [{"image": str(no_label), "label": str(no_label)}]},
+        str(no_label),
+        "no dataset 'label'",
+        labeled_batch_size=1,
+    )
 
 
 # -- geometry -------------------------------------------------------------------------------------------
@@ -290,8 +303,9 @@ def test_volume_smaller_than_patch_gets_a_note(cases: dict, caplog) -> None:
     assert any("(6, 5, 5)" in note for note in report.notes)
 
 
-@pytest.mark.parametrize("train_section, eval_section", [("training", "validation"), ("training", "test"),
-                                                         ("unlabeled", "test")])
+@pytest.mark.parametrize(
+    "train_section, eval_section", [("training", "validation"), ("training", "test"), ("unlabeled", "test")]
+)
 def test_leak_between_training_and_evaluation(cases: dict, train_section: str, eval_section: str) -> None:
     leaked = cases[eval_section][0]["image"]
     cases[train_section].append({"image": leaked, "label": cases["training"][0]["label"]})
@@ -323,8 +337,10 @@ def test_headers_only_mode_skips_voxels(cases: dict) -> None:
 
 
 # -- readable errors ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("error", [DataValidationError("/x/a.nii.gz: bad"), NonFiniteLossError("nan at 3"),
-                                   CheckpointError("cannot read /x/c.pt")])
+@pytest.mark.parametrize(
+    "error",
+    [DataValidationError("/x/a.nii.gz: bad"), NonFiniteLossError("nan at 3"), CheckpointError("cannot read /x/c.pt")],
+)
 def test_error_hook_prints_the_message_last(error: Exception, monkeypatch) -> None:
     try:
         try:
@@ -394,8 +410,13 @@ def test_atomic_writer_never_leaves_a_partial_output(tmp_path: Path, monkeypatch
 
     target = tmp_path / "out" / "case" / "case_seg.nii.gz"
     assert issubclass(AtomicNibabelWriter, NibabelWriter)
-    save = SaveImage(output_dir=tmp_path / "out", output_postfix="seg", writer="bundle.validation.AtomicNibabelWriter",
-                     separate_folder=True, print_log=False)
+    save = SaveImage(
+        output_dir=tmp_path / "out",
+        output_postfix="seg",
+        writer="bundle.validation.AtomicNibabelWriter",
+        separate_folder=True,
+        print_log=False,
+    )
     pred = MetaTensor(torch.ones(1, *SHAPE), affine=torch.as_tensor(AFFINE), meta={"filename_or_obj": "case.nii.gz"})
     save(pred)
     assert np.asarray(nib.load(target).dataobj).sum() == np.prod(SHAPE)
@@ -414,8 +435,18 @@ def test_atomic_writer_never_leaves_a_partial_output(tmp_path: Path, monkeypatch
 
 # -- the real training command --------------------------------------------------------------------------
 TINY = [
-    "--n_filters", "2", "--patch_size", "[16,16,16]", "--spacing", "[3.0,3.0,3.0]",
-    "--labeled_batch_size", "1", "--unlabeled_batch_size", "1", "--print_interval", "1",
+    "--n_filters",
+    "2",
+    "--patch_size",
+    "[16,16,16]",
+    "--spacing",
+    "[3.0,3.0,3.0]",
+    "--labeled_batch_size",
+    "1",
+    "--unlabeled_batch_size",
+    "1",
+    "--print_interval",
+    "1",
 ]
 
 
@@ -444,8 +475,14 @@ def test_cli_shows_the_validation_message(tiny_demo: Path, tmp_path: Path) -> No
     datalist = load_datalist(tiny_demo / "datalist.json")
     datalist["validation"].append(datalist["training"][0])  # leak
     out = tmp_path / "run"
-    proc = run_train("--datalist_file", str(write_datalist(datalist, tmp_path)), "--output_dir", str(out),
-                     "--ckpt_dir", str(tmp_path / "m"))
+    proc = run_train(
+        "--datalist_file",
+        str(write_datalist(datalist, tmp_path)),
+        "--output_dir",
+        str(out),
+        "--ckpt_dir",
+        str(tmp_path / "m"),
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "data leak" in last and "demo_000.nii.gz" in last, proc.stderr[-2000:]
@@ -458,9 +495,20 @@ def test_cli_trains_supervised_when_the_unlabelled_set_is_empty(tiny_demo: Path,
     datalist = load_datalist(tiny_demo / "datalist.json")
     datalist["unlabeled"] = []
     out = tmp_path / "run"
-    proc = run_train("--datalist_file", str(write_datalist(datalist, tmp_path)), "--output_dir", str(out),
-                     "--ckpt_dir", str(tmp_path / "m"), "--val_interval", "2", "--num_iterations", "2",
-                     "--labeled_batch_size", "2")  # BatchNorm needs 2 rows when the 16^3 patch's bottleneck is 1^3
+    proc = run_train(
+        "--datalist_file",
+        str(write_datalist(datalist, tmp_path)),
+        "--output_dir",
+        str(out),
+        "--ckpt_dir",
+        str(tmp_path / "m"),
+        "--val_interval",
+        "2",
+        "--num_iterations",
+        "2",
+        "--labeled_batch_size",
+        "2",
+    )  # BatchNorm needs 2 rows when the 16^3 patch's bottleneck is 1^3
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "falls back to the supervised loss" in proc.stdout + proc.stderr
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
