@@ -1,0 +1,455 @@
+"""Inference: input discovery, probabilities with flip TTA, atomic mask writing, and the real
+``python -m monai.bundle run --config_file configs/inference.json`` command on a non-RAS anisotropic scan and on
+the real spleen CT, plus the evaluation CLI on the same model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from scipy import ndimage
+
+from bundle.demo import generate_demo_dataset
+from bundle.inference import KeepLargestComponentd, ProbabilityInferer, SaveMaskd, list_inputs, output_path
+from bundle.inferers import StridedSlidingWindowInferer
+from bundle.metrics import case_metrics
+from tests.conftest import REPO_ROOT, shared_path
+
+
+# -- inputs -------------------------------------------------------------------------------------------------------
+def _touch_nifti(path: Path, shape=(4, 4, 4)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), np.eye(4)), str(path))
+    return path
+
+
+def test_list_inputs_folder_glob_file(tmp_path):
+    a = _touch_nifti(tmp_path / "scans" / "b.nii.gz")
+    b = _touch_nifti(tmp_path / "scans" / "a.nii")
+    _touch_nifti(tmp_path / "scans" / "a_seg.nii.gz")  # an earlier output: skipped with skip_suffix
+    (tmp_path / "scans" / "notes.txt").write_text("x")
+    (tmp_path / "scans" / ".hidden.nii.gz").write_text("x")
+    items = list_inputs(tmp_path / "scans", skip_suffix="_seg")
+    assert [i["case_id"] for i in items] == ["a", "b"] and items[0]["image"] == str(b.resolve())
+    assert len(list_inputs(tmp_path / "scans")) == 3
+    assert [i["case_id"] for i in list_inputs(str(tmp_path / "**" / "b*.nii.gz"))] == ["b"]
+    assert list_inputs(a) == [{"image": str(a.resolve()), "case_id": "b"}]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        list_inputs(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no scans"):
+        list_inputs(str(tmp_path / "*.mha"))
+    with pytest.raises(ValueError, match="unsupported"):
+        list_inputs(tmp_path / "scans" / "notes.txt")
+
+
+def test_list_inputs_datalist_and_la_ids(tmp_path):
+    for case in ("ID1", "ID2"):
+        (tmp_path / case).mkdir()
+        with h5py.File(tmp_path / case / "mri_norm2.h5", "w") as f:
+            f["image"] = np.zeros((2, 2, 2), np.float32)
+    ids = [i["case_id"] for i in list_inputs(str(tmp_path / "*" / "mri_norm2.h5"))]
+    assert ids == ["ID1", "ID2"]  # the LA layout: one file name, the folder names the case
+    dl = tmp_path / "list.json"
+    dl.write_text(
+        json.dumps(
+            {
+                "test": [{"image": "ID1/mri_norm2.h5", "label": "ID1/mri_norm2.h5"}],
+                "validation": [],
+                "training": [{"image": "ID2/mri_norm2.h5", "label": "x"}],
+            }
+        )
+    )
+    items = list_inputs(dl)
+    assert items == [{"image": str(tmp_path / "ID1" / "mri_norm2.h5"), "case_id": "mri_norm2"}]
+    with_label = list_inputs(dl, label_key="label_file")
+    assert with_label[0]["label_file"] == str(tmp_path / "ID1" / "mri_norm2.h5")
+    with pytest.raises(ValueError, match="'validation' is empty"):
+        list_inputs(dl, section="validation")
+    with pytest.raises(ValueError, match="unknown data list section"):
+        list_inputs(dl, section="train")
+    with pytest.raises(ValueError, match="data list"):
+        list_inputs(tmp_path, label_key="label")
+
+
+# -- probabilities ------------------------------------------------------------------------------------------------
+class _PointwiseNet(torch.nn.Module):
+    """Logits ``[-x, x]``: a voxel-wise (hence flip-equivariant) two-class network."""
+
+    def forward(self, x):
+        return torch.cat([-x, x], dim=1)
+
+
+class _PositionNet(torch.nn.Module):
+    """Logits that depend on the position inside the window: not flip-equivariant."""
+
+    def forward(self, x):
+        ramp = torch.linspace(0, 1, x.shape[2]).view(1, 1, -1, 1, 1)
+        return torch.cat([torch.zeros_like(x), x + ramp], dim=1)
+
+
+def test_probability_inferer_softmax_and_tta():
+    x = torch.randn(1, 1, 12, 10, 8)
+    sw = SlidingWindowInferer(roi_size=(8, 8, 8), overlap=0.5, mode="constant")
+    plain = ProbabilityInferer(sw)(x, _PointwiseNet())
+    torch.testing.assert_close(plain, torch.softmax(torch.cat([-x, x], 1), 1))
+    torch.testing.assert_close(ProbabilityInferer(sw, [[0], [1], [2]])(x, _PointwiseNet()), plain)
+
+    strided = StridedSlidingWindowInferer((12, 10, 8), stride=(4, 4, 4))  # one window: returns probabilities
+    inf = ProbabilityInferer(strided, flip_axes=[[0]])
+    assert inf.softmax is False
+    net = _PositionNet()
+    expected = 0.5 * (strided(x, net) + torch.flip(strided(torch.flip(x, [2]), net), [2]))
+    torch.testing.assert_close(inf(x, net), expected)
+    assert not torch.allclose(expected, strided(x, net))
+
+    meta_x = MetaTensor(x, affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    out = ProbabilityInferer(sw)(meta_x, _PointwiseNet())
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, meta_x.affine)
+    with pytest.raises(ValueError, match="flip_axes"):
+        ProbabilityInferer(sw, [[3]])
+
+
+def test_keep_largest_component():
+    x = np.zeros((1, 8, 8, 8), np.uint8)
+    x[0, 0:3, 0:3, 0:3] = 1  # 27 voxels: kept
+    x[0, 5:7, 5:7, 5:7] = 1  # 8 voxels: removed
+    x[0, 3, 3, 3] = 1  # touches the big cube by a corner only: kept with full connectivity, not with faces only
+    x[0, 6, 0, 0] = 2  # another label, one component: untouched
+    t = torch.as_tensor(x)
+    full = KeepLargestComponentd("pred", applied_labels=[1, 2])({"pred": t})["pred"]
+    assert isinstance(full, torch.Tensor) and full.dtype == t.dtype
+    expected = x.copy()
+    expected[0, 5:7, 5:7, 5:7] = 0
+    np.testing.assert_array_equal(full.numpy(), expected)
+    faces = KeepLargestComponentd("pred", connectivity=1)({"pred": x})["pred"]
+    expected[0, 3, 3, 3] = 0
+    np.testing.assert_array_equal(faces, expected)
+
+
+# -- saving -------------------------------------------------------------------------------------------------------
+def test_save_mask_atomic_in_scan_geometry(tmp_path):
+    affine = np.array([[0.0, 0.0, -3.0, 10.0], [-0.8, 0.0, 0.0, 5.0], [0.0, 0.9, 0.0, -7.0], [0, 0, 0, 1]])
+    scan = tmp_path / "scan.nii.gz"
+    img = nib.Nifti1Image(np.zeros((5, 6, 7), np.int16), affine)
+    img.set_qform(affine, code=1)
+    nib.save(img, str(scan))
+    affine = nib.load(str(scan)).affine  # as stored (float32 header fields)
+    mask = MetaTensor(torch.ones(1, 5, 6, 7), affine=torch.as_tensor(affine))
+    meta = {"filename_or_obj": str(scan), "original_affine": affine, "spatial_shape": np.array([5, 6, 7])}
+    out_dir = tmp_path / "out"
+    saver = SaveMaskd("pred", output_dir=out_dir, output_postfix="seg")
+    target = output_path(str(scan), out_dir, "seg")
+    out_dir.mkdir()
+    target.write_bytes(b"old")  # an existing output is replaced whole
+    d = saver({"pred": mask, "image_meta_dict": meta})
+    assert d["pred_file"] == str(target) and target.name == "scan_seg.nii.gz"
+    saved = nib.load(str(target))
+    assert saved.shape == (5, 6, 7) and saved.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(saved.affine, affine)
+    assert saved.header["qform_code"] == 1 and np.asarray(saved.dataobj).min() == 1
+    assert sorted(p.name for p in out_dir.iterdir()) == ["scan_seg.nii.gz"]  # no temporary file left
+
+    with pytest.raises(ValueError, match=r"scan.nii.gz: mask shape \(5, 6, 6\) is not the scan's \(5, 6, 7\)"):
+        saver({"pred": MetaTensor(torch.ones(1, 5, 6, 6), affine=torch.as_tensor(affine)), "image_meta_dict": meta})
+    shifted = affine.copy()
+    shifted[0, 3] += 1.0
+    with pytest.raises(ValueError, match="affine"):
+        saver._write(MetaTensor(torch.ones(1, 5, 6, 7), affine=torch.as_tensor(shifted)), meta, None)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["scan_seg.nii.gz"]
+
+
+def test_inference_config_properties(tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    meta = REPO_ROOT / "configs" / "metadata.json"
+    if not meta.is_file():  # the bundle's metadata is written elsewhere; the infer properties are ours
+        meta = tmp_path / "metadata.json"
+        meta.write_text(
+            json.dumps({"version": "0.1.0", "monai_version": "1.6.1", "pytorch_version": "2.13", "numpy_version": "2"})
+        )
+    workflow = ConfigWorkflow(
+        config_file=str(REPO_ROOT / "configs" / "inference.json"),
+        meta_file=str(meta),
+        workflow_type="infer",
+        bundle_root=str(REPO_ROOT),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_inference_preprocessing_matches_training():
+    """The deterministic preprocessing of inference.json is train.json's (same transforms and settings)."""
+    train = json.loads((REPO_ROOT / "configs" / "train.json").read_text())
+    infer = json.loads((REPO_ROOT / "configs" / "inference.json").read_text())
+    for key in (
+        "num_classes",
+        "in_channels",
+        "n_filters",
+        "modality",
+        "ct_window",
+        "spacing",
+        "crop_foreground",
+        "foreground_threshold",
+        "patch_size",
+        "network_def",
+    ):
+        assert infer[key] == train[key], key
+    ignore = {"select_fn", "track_meta"}  # a picklable AboveThreshold for the lambda; meta kept for Invertd
+
+    def norm(x: dict) -> dict:  # drop-in subclasses (e.g. bundle.monailabel.Spacingd) count as the MONAI class
+        return {k: (v.rsplit(".", 1)[-1] if k == "_target_" else v) for k, v in x.items() if k not in ignore}
+
+    for t, i in zip(train["preprocessing"], infer["preprocessing"]["transforms"], strict=True):
+        assert norm(t) == norm(i)
+    assert "AboveThreshold(@foreground_threshold)" in infer["preprocessing"]["transforms"][3]["select_fn"]
+
+
+def test_paper_presets_select_the_exact_stride():
+    from monai.bundle import ConfigParser
+
+    for preset, roi, stride in (
+        ("paper_test_la.json", (112, 112, 80), (18, 18, 4)),
+        ("paper_test_96.json", (96, 96, 96), (16, 16, 16)),
+    ):
+        parser = ConfigParser()
+        parser.read_config(
+            [str(REPO_ROOT / "configs" / "inference.json"), str(REPO_ROOT / "configs" / "presets" / preset)]
+        )
+        inferer = parser.get_parsed_content("inferer")
+        assert isinstance(inferer.inferer, StridedSlidingWindowInferer)
+        assert inferer.inferer.roi_size == roi and inferer.inferer.stride == stride
+        assert inferer.flip_axes == [] and inferer.softmax is False
+        assert parser.get_parsed_content("keep_largest_cc") is False
+
+
+# -- end to end: the real commands --------------------------------------------------------------------------------
+TINY = ["--n_filters", "4", "--patch_size", "[16,16,16]", "--spacing", "[3.0,3.0,3.0]"]
+
+
+def run_bundle(config, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *args]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail}")
+    return proc
+
+
+def _dice(a, b) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The demo (LPS, 1 x 1 x 3 mm) and a tiny model trained by the real command (supervised, 400 iterations)."""
+    root = tmp_path_factory.mktemp("infer_e2e")
+    data = root / "demo"
+    generate_demo_dataset(data, n_labelled=3, n_unlabelled=1, n_val=1, n_test=2, shape=(64, 64, 20))
+    run_bundle(
+        "configs/train.json",
+        *TINY,
+        "--labeled_batch_size",
+        "2",
+        "--unlabeled_batch_size",
+        "1",
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(root / "run"),
+        "--ckpt_dir",
+        str(root / "models"),
+        "--num_iterations",
+        "400",
+        "--val_interval",
+        "100",
+        "--print_interval",
+        "100",
+        "--use_unlabeled",
+        "False",
+        "--amp",
+        "False",
+        "--channels_last",
+        "False",
+        "--lr",
+        "0.05",
+    )
+    return data, root / "models" / "model.pt", root
+
+
+@pytest.mark.slow
+def test_inference_command_writes_masks_in_scan_geometry(trained):
+    data, model, root = trained
+    out = root / "masks"
+    proc = run_bundle(
+        "configs/inference.json",
+        *TINY,
+        "--input",
+        str(data / "imagesTs"),
+        "--output_dir",
+        str(out),
+        "--ckpt_path",
+        str(model),
+    )
+    assert "[2/2] demo_006" in proc.stdout
+    dices = []
+    for scan in sorted((data / "imagesTs").iterdir()):
+        name = scan.name[: -len(".nii.gz")]
+        img, mask = nib.load(str(scan)), nib.load(str(out / f"{name}_seg.nii.gz"))
+        assert nib.aff2axcodes(img.affine) != ("R", "A", "S")  # the scan is not RAS, and anisotropic
+        assert mask.shape == img.shape
+        np.testing.assert_array_equal(mask.affine, img.affine)
+        assert mask.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+        dices.append(_dice(mask.dataobj, nib.load(str(data / "labelsTs" / scan.name)).dataobj))
+    assert min(dices) > 0.3, dices
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+    # datalist input, flip TTA, largest component, and the exact-stride protocol; outputs replaced in place
+    proc = run_bundle(
+        "configs/inference.json",
+        *TINY,
+        "--input",
+        str(data / "datalist.json"),
+        "--output_dir",
+        str(out),
+        "--ckpt_path",
+        str(model),
+        "--tta",
+        "True",
+        "--tta_flip_axes",
+        "[[2]]",
+        "--keep_largest_cc",
+        "True",
+        "--window_inferer",
+        "@strided_inferer",
+        "--sw_stride",
+        "[8,8,8]",
+    )
+    assert "inference done: 2 case(s)" in proc.stdout
+    for scan in sorted((data / "imagesTs").iterdir()):
+        mask = np.asarray(nib.load(str(out / scan.name.replace(".nii.gz", "_seg.nii.gz"))).dataobj)
+        assert ndimage.label(mask)[1] == 1
+        assert _dice(mask, nib.load(str(data / "labelsTs" / scan.name)).dataobj) > 0.3
+    assert sorted(p.name for p in out.iterdir()) == ["demo_005_seg.nii.gz", "demo_006_seg.nii.gz"]
+
+
+@pytest.mark.slow
+def test_evaluate_cli_reports_match_metrics(trained):
+    data, model, root = trained
+    out = root / "eval"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "scripts/evaluate.py",
+        "--checkpoint",
+        str(model),
+        "--datalist",
+        str(data / "datalist.json"),
+        "--section",
+        "test",
+        "--out",
+        str(out),
+        "--save-masks",
+        "--set",
+        "n_filters=4",
+        "--set",
+        "patch_size=[16,16,16]",
+        "--set",
+        "spacing=[3.0,3.0,3.0]",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in (
+        "metrics.csv",
+        "summary.json",
+        "summary.md",
+        "overview.png",
+        "cases/demo_005.png",
+        "cases/demo_006.png",
+        "masks/demo_005_seg.nii.gz",
+    ):
+        assert (out / name).is_file(), name
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        label = nib.load(str(data / "labelsTs" / f"{row['case']}.nii.gz"))
+        pred = np.asarray(nib.load(str(out / "masks" / f"{row['case']}_seg.nii.gz")).dataobj)
+        expected = case_metrics(pred, np.asarray(label.dataobj), spacing=label.header.get_zooms()[:3])
+        for key in ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm"):
+            assert float(row[key]) == pytest.approx(expected[key], abs=1e-6), key
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 2 and summary["n_pred_empty"] == 0 and summary["info"]["space"] == "original"
+    assert summary["metrics"]["dice"]["mean"] > 0.3
+
+
+@pytest.mark.slow
+def test_spleen_ct_inference_in_ct_geometry(tmp_path):
+    folder = shared_path("spleen_ct")
+    ct, seg = folder / "spleen2_ct.nii.gz", folder / "spleen2_ct_seg-manual.nii.gz"
+    datalist = tmp_path / "spleen.json"
+    case = {"image": str(ct), "label": str(seg)}
+    datalist.write_text(json.dumps({"training": [case], "validation": [], "unlabeled": [], "test": []}))
+    run_bundle(
+        "configs/train.json",
+        "--n_filters",
+        "4",
+        "--patch_size",
+        "[32,32,16]",
+        "--spacing",
+        "[4.0,4.0,5.0]",
+        "--labeled_batch_size",
+        "1",
+        "--datalist_file",
+        str(datalist),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--num_iterations",
+        "60",
+        "--val_interval",
+        "30",
+        "--print_interval",
+        "30",
+        "--use_unlabeled",
+        "False",
+        "--amp",
+        "False",
+        "--channels_last",
+        "False",
+        "--lr",
+        "0.05",
+    )
+    out = tmp_path / "masks"
+    run_bundle(
+        "configs/inference.json",
+        "--n_filters",
+        "4",
+        "--patch_size",
+        "[32,32,16]",
+        "--spacing",
+        "[4.0,4.0,5.0]",
+        "--input",
+        str(ct),
+        "--output_dir",
+        str(out),
+        "--ckpt_path",
+        str(tmp_path / "models" / "model.pt"),
+    )
+    img, mask = nib.load(str(ct)), nib.load(str(out / "spleen2_ct_seg.nii.gz"))
+    assert mask.shape == img.shape == (164, 166, 26)
+    np.testing.assert_array_equal(mask.affine, img.affine)
+    np.testing.assert_allclose(mask.header.get_zooms()[:3], img.header.get_zooms()[:3])
+    assert mask.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
