@@ -24,3 +24,10 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+# The smallest settings of the real training command used by the end-to-end tests.
+TINY_TRAIN = [
+    "--n_filters", "2", "--patch_size", "[16,16,16]", "--spacing", "[3.0,3.0,3.0]",
+    "--labeled_batch_size", "1", "--unlabeled_batch_size", "1", "--print_interval", "1",
+]  # fmt: skip

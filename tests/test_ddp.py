@@ -15,22 +15,9 @@ import torch
 
 from bundle.demo import generate_demo_dataset
 from bundle.distributed import BroadcastBuffers, rank_handlers, validation_sampler
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_TRAIN
 
-TINY = [
-    "--n_filters",
-    "2",
-    "--patch_size",
-    "[16,16,16]",
-    "--spacing",
-    "[3.0,3.0,3.0]",
-    "--labeled_batch_size",
-    "1",
-    "--unlabeled_batch_size",
-    "1",
-    "--print_interval",
-    "1",
-]
+TINY = TINY_TRAIN
 
 # Test-only override: every rank dumps what it trained after the run (after the group is destroyed).
 DUMP = {

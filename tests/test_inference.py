@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -342,7 +343,46 @@ def test_inference_command_writes_masks_in_scan_geometry(trained):
         mask = np.asarray(nib.load(str(out / scan.name.replace(".nii.gz", "_seg.nii.gz"))).dataobj)
         assert ndimage.label(mask)[1] == 1
         assert _dice(mask, nib.load(str(data / "labelsTs" / scan.name)).dataobj) > 0.3
-    assert sorted(p.name for p in out.iterdir()) == ["demo_005_seg.nii.gz", "demo_006_seg.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["demo_005_seg.nii.gz", "demo_006_seg.nii.gz", "summary.json"]
+
+
+@pytest.mark.slow
+def test_folder_inference_keeps_going_past_a_corrupt_scan(trained, tmp_path):
+    """One truncated scan among good ones: the good masks are written, the failure is summarised, exit 1."""
+    data, model, root = trained
+    scans = tmp_path / "scans"
+    shutil.copytree(data / "imagesTs", scans)
+    good = sorted(p.name for p in scans.iterdir())
+    raw = (scans / good[0]).read_bytes()
+    (scans / "broken.nii.gz").write_bytes(raw[: len(raw) // 3])  # truncated gzip
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / "broken_seg.nii.gz").write_bytes(b"previous result")  # an existing output is never clobbered
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        *TINY,
+        "--input",
+        str(scans),
+        "--output_dir",
+        str(out),
+        "--ckpt_path",
+        str(model),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    for name in good:
+        assert (out / name.replace(".nii.gz", "_seg.nii.gz")).is_file()
+    assert (out / "broken_seg.nii.gz").read_bytes() == b"previous result"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["total"] == 3 and summary["failed"] == 1 and summary["succeeded"] == 2
+    assert "broken.nii.gz" in summary["failures"][0]["error"]
+    assert "1 of 3 case(s) failed" in proc.stderr
 
 
 @pytest.mark.slow

@@ -23,26 +23,9 @@ from bundle.data import EndlessLoader, RepeatedShuffleSampler
 from bundle.demo import generate_demo_dataset
 from bundle.handlers import CheckpointError, LossMonitor, TrainingCheckpointer, atomic_save, safe_load
 from bundle.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_TRAIN
 
-TINY = [
-    "--n_filters",
-    "2",
-    "--patch_size",
-    "[16,16,16]",
-    "--spacing",
-    "[3.0,3.0,3.0]",
-    "--labeled_batch_size",
-    "1",
-    "--unlabeled_batch_size",
-    "1",
-    "--print_interval",
-    "1",
-    "--val_interval",
-    "4",
-    "--num_iterations",
-    "16",
-]
+TINY = [*TINY_TRAIN, "--val_interval", "4", "--num_iterations", "16"]
 ENV = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
 ENV.pop("PLGDF_TRACEBACK", None)
 

@@ -16,28 +16,9 @@ from monai.bundle import ConfigParser
 from bundle.demo import generate_demo_dataset
 from bundle.handlers import safe_load
 from bundle.validation import resolved_settings, write_run_settings
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_TRAIN
 
-TINY = [
-    "--n_filters",
-    "2",
-    "--patch_size",
-    "[16,16,16]",
-    "--spacing",
-    "[3.0,3.0,3.0]",
-    "--labeled_batch_size",
-    "1",
-    "--unlabeled_batch_size",
-    "1",
-    "--print_interval",
-    "1",
-    "--val_interval",
-    "3",
-    "--num_iterations",
-    "6",
-    "--rand_flip_prob",
-    "0.5",
-]
+TINY = [*TINY_TRAIN, "--val_interval", "3", "--num_iterations", "6", "--rand_flip_prob", "0.5"]
 
 
 def run_train(demo: Path, out: Path, *args: str) -> subprocess.CompletedProcess:

@@ -12,24 +12,11 @@ import pytest
 import torch
 
 from bundle.demo import generate_demo_dataset
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_TRAIN
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--n_filters",
-    "2",
-    "--patch_size",
-    "[16,16,16]",
-    "--spacing",
-    "[3.0,3.0,3.0]",
-    "--labeled_batch_size",
-    "1",
-    "--unlabeled_batch_size",
-    "1",
-    "--print_interval",
-    "1",
-]
+TINY = TINY_TRAIN
 
 
 def run_bundle(*args: str, config: str = "configs/train.json", check: bool = True) -> subprocess.CompletedProcess:

@@ -33,7 +33,7 @@ from bundle.validation import (
     find_leaks,
     run_cases,
 )
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_TRAIN
 
 SHAPE = (12, 10, 8)
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
@@ -434,20 +434,7 @@ def test_atomic_writer_never_leaves_a_partial_output(tmp_path: Path, monkeypatch
 
 
 # -- the real training command --------------------------------------------------------------------------
-TINY = [
-    "--n_filters",
-    "2",
-    "--patch_size",
-    "[16,16,16]",
-    "--spacing",
-    "[3.0,3.0,3.0]",
-    "--labeled_batch_size",
-    "1",
-    "--unlabeled_batch_size",
-    "1",
-    "--print_interval",
-    "1",
-]
+TINY = TINY_TRAIN
 
 
 def run_train(*args: str) -> subprocess.CompletedProcess:
