@@ -78,7 +78,7 @@ def load_datalist(
     if not path.is_file():
         raise FileNotFoundError(f"data list not found: {path}")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e}).") from e
     if not isinstance(raw, dict):
@@ -174,7 +174,7 @@ def write_datalist(datalist: dict[str, list[dict]], out: str | os.PathLike) -> P
         s: [{k: (_relative(v, start) if k in _PATH_KEYS else v) for k, v in e.items()} for e in datalist.get(s, [])]
         for s in SECTIONS
     }
-    out.write_text(json.dumps(rel, indent=2) + "\n")
+    out.write_text(json.dumps(rel, indent=2) + "\n", encoding="utf-8")
     return out
 
 

@@ -246,7 +246,7 @@ class EvaluationReport:
         columns = ["case", *METRIC_KEYS, "pred_empty", "ref_empty", "pred_voxels", "ref_voxels", "spacing"]
         columns += sorted({k for row in self.rows for k in row} - set(columns))
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             for row in self.rows:
@@ -292,7 +292,7 @@ class EvaluationReport:
 
 def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -595,4 +595,4 @@ def evaluate_checkpoint(
     print(f"evaluating {ckpt} ({kind}) with {describe_inferer(workflow.inferer)}", flush=True)
     workflow.run()
     workflow.finalize()
-    return json.loads((out / "summary.json").read_text())
+    return json.loads((out / "summary.json").read_text(encoding="utf-8"))

@@ -259,7 +259,7 @@ class LossMonitor:
         done after its checkpoint, which it repeats), so that the log holds each iteration once."""
         if not self.path.exists():
             return
-        lines = self.path.read_text().splitlines()
+        lines = self.path.read_text(encoding="utf-8").splitlines()
         keep = []
         for line in lines:
             try:
@@ -269,12 +269,12 @@ class LossMonitor:
                 continue
         if len(keep) != len(lines):
             tmp = self.path.with_name(f".{self.path.name}.tmp.{os.getpid()}")
-            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
             os.replace(tmp, self.path)
 
     def _write(self, record: dict) -> None:
         if self.path is not None and _is_rank0():
-            with open(self.path, "a") as f:
+            with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
     def _iteration(self, engine: Engine) -> None:

@@ -61,7 +61,7 @@ def read_list(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"list file not found: {path}")
-    ids = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    ids = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
     ids = [i for i in ids if i]
     if not ids:
         raise ValueError(f"{path}: no case IDs.")

@@ -789,7 +789,7 @@ def write_run_settings(
             n += 1
         os.replace(path, path.with_name(f"{path.stem}.{n}{path.suffix}"))
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(settings, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     logger.info(f"run settings written to {path}")
     return path
@@ -887,7 +887,7 @@ class CaseReport:
         if self.summary_file is not None:
             self.summary_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.summary_file.with_name(f".{self.summary_file.name}.tmp.{os.getpid()}")
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
             os.replace(tmp, self.summary_file)
         where = f" (summary: {self.summary_file})" if self.summary_file else ""
         if self.failures:

@@ -207,11 +207,11 @@ def read_run_log(path: str | Path) -> Series:
     if not path.is_file():
         raise FileNotFoundError(f"run log not found: {path}")
     if path.suffix.lower() == ".csv":
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             records: list[dict[str, Any]] = list(csv.DictReader(f))
     else:
         records = []
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
             try:

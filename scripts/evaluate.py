@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         from bundle.visualize import training_curves
 
         print(f"wrote {training_curves(args.training_log, Path(args.out) / 'training_curves.png')}")
-    print((Path(args.out) / "summary.md").read_text())
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     return summary
 
 

@@ -85,7 +85,9 @@ def run(cmd: list[str], cwd: Path, log: Path, timeout: float = 900) -> None:
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({proc.returncode}); see {log}:\n{log.read_text(encoding='utf-8')[-3000:]}"
+        )
 
 
 def copy_bundle(repo: Path, dest: Path) -> None:
@@ -100,7 +102,7 @@ def copy_bundle(repo: Path, dest: Path) -> None:
             shutil.copy2(src, dest / item)
     (dest / "models").mkdir()
     train = dest / "configs" / "train.json"
-    config = json.loads(train.read_text())
+    config = json.loads(train.read_text(encoding="utf-8"))
     config.update(TINY_TRAIN)
     train.write_text(json.dumps(config, indent=4))
 
@@ -129,7 +131,11 @@ def make_studies(work: Path) -> tuple[Path, Path, list[str], list[str]]:
 
 
 def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def main() -> int:
@@ -233,7 +239,9 @@ def main() -> int:
             deadline = time.time() + SERVER_START_TIMEOUT
             while time.time() < deadline:
                 if server.poll() is not None:
-                    raise RuntimeError(f"server exited ({server.returncode}):\n{server_log.read_text()[-3000:]}")
+                    raise RuntimeError(
+                        f"server exited ({server.returncode}):\n{server_log.read_text(encoding='utf-8')[-3000:]}"
+                    )
                 try:
                     status, body, _ = http(f"{base}/info/", timeout=10)
                     if status == 200:

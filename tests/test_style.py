@@ -37,7 +37,14 @@ def test_no_large_tracked_files():
 
 def test_no_absolute_paths_in_configs():
     for path in (REPO_ROOT / "configs").rglob("*.json"):
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         json.loads(text)
         for bad in ("/work/", "/home/", "/root/", "/tmp/", "C:\\\\"):
             assert bad not in text, f"{path.name} contains an absolute path ({bad})"
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    commands = [line for line in ci.splitlines() if "pytest" in line]
+    assert len(commands) == 1 and commands[0].strip() in readme
