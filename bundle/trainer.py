@@ -30,9 +30,7 @@ from bundle.mix import MixModule, add_noise
 from bundle.rampup import ConsistencyRampUp
 from bundle.teacher import EMATeacher
 
-__all__ = ["PLGDFTrainer", "LOSS_KEYS"]
-
-LOSS_KEYS = ("loss", "loss_sup", "loss_semi", "loss_consis", "loss_sharp")
+__all__ = ["PLGDFTrainer"]
 
 
 def _as_list(outputs: Any) -> list[torch.Tensor]:
