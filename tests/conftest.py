@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,3 +34,39 @@ TINY_TRAIN = [
     "--n_filters", "2", "--patch_size", "[16,16,16]", "--spacing", "[3.0,3.0,3.0]",
     "--labeled_batch_size", "1", "--unlabeled_batch_size", "1", "--print_interval", "1",
 ]  # fmt: skip
+
+TRAIN_CONFIG = "configs/train.json"
+
+
+def bundle_env() -> dict[str, str]:
+    """Environment of a bundle subprocess: the repo importable (bundle.md), one thread, plain error output."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    env.pop("PLGDF_TRACEBACK", None)
+    return env
+
+
+def bundle_cmd(config: str, *args: str) -> list[str]:
+    """``python -m monai.bundle run --config_file <config> <args>``."""
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *map(str, args)]
+
+
+def run_bundle(config: str, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a real bundle command from the repo root; with ``check`` a failure shows the command's output."""
+    cmd = bundle_cmd(config, *args)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=bundle_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def run_dirs(dataset: Path, out: Path) -> list[str]:
+    """Training arguments that keep a test run's data, outputs and model inside its own folders."""
+    return ["--dataset_dir", str(dataset), "--output_dir", str(out), "--ckpt_dir", str(out / "models")]
+
+
+def read_log(path: Path) -> list[dict]:
+    """Records of a run's ``log.jsonl`` (``path`` is the file or the run's output folder)."""
+    path = path / "log.jsonl" if path.is_dir() else path
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -25,7 +25,7 @@ from bundle.demo import generate_demo_dataset
 from bundle.inference import KeepLargestComponentd, ProbabilityInferer, SaveMaskd, list_inputs, output_path
 from bundle.inferers import StridedSlidingWindowInferer
 from bundle.metrics import case_metrics
-from tests.conftest import REPO_ROOT, shared_path
+from tests.conftest import REPO_ROOT, run_bundle, shared_path
 
 
 # -- inputs -------------------------------------------------------------------------------------------------------
@@ -238,16 +238,6 @@ def test_paper_presets_select_the_exact_stride():
 TINY = ["--n_filters", "4", "--patch_size", "[16,16,16]", "--spacing", "[3.0,3.0,3.0]"]
 
 
-def run_bundle(config, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *args]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail}")
-    return proc
-
-
 def _dice(a, b) -> float:
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
@@ -358,23 +348,9 @@ def test_folder_inference_keeps_going_past_a_corrupt_scan(trained, tmp_path):
     out = tmp_path / "masks"
     out.mkdir()
     (out / "broken_seg.nii.gz").write_bytes(b"previous result")  # an existing output is never clobbered
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        "configs/inference.json",
-        *TINY,
-        "--input",
-        str(scans),
-        "--output_dir",
-        str(out),
-        "--ckpt_path",
-        str(model),
-    ]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_bundle(
+        "configs/inference.json", *TINY, "--input", scans, "--output_dir", out, "--ckpt_path", model, check=False
+    )
     assert proc.returncode != 0, proc.stdout[-2000:]
     for name in good:
         assert (out / name.replace(".nii.gz", "_seg.nii.gz")).is_file()

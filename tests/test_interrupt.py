@@ -23,11 +23,10 @@ from bundle.data import EndlessLoader, RepeatedShuffleSampler
 from bundle.demo import generate_demo_dataset
 from bundle.handlers import CheckpointError, LossMonitor, TrainingCheckpointer, atomic_save, safe_load
 from bundle.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss
-from tests.conftest import REPO_ROOT, TINY_TRAIN
+from tests.conftest import REPO_ROOT, TINY_TRAIN, TRAIN_CONFIG, bundle_cmd, bundle_env, read_log, run_dirs
 
 TINY = [*TINY_TRAIN, "--val_interval", "4", "--num_iterations", "16"]
-ENV = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-ENV.pop("PLGDF_TRACEBACK", None)
+ENV = bundle_env()
 
 
 class NaNSharpeningLoss(SharpeningLoss):
@@ -45,32 +44,13 @@ class NaNSharpeningLoss(SharpeningLoss):
 
 # -- helpers --------------------------------------------------------------------------------------------
 def train_cmd(demo: Path, out: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        "configs/train.json",
-        *TINY,
-        "--dataset_dir",
-        str(demo),
-        "--output_dir",
-        str(out),
-        "--ckpt_dir",
-        str(out / "models"),
-        *args,
-    ]
+    return bundle_cmd(TRAIN_CONFIG, *TINY, *run_dirs(demo, out), *args)
 
 
 def run_train(demo: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         train_cmd(demo, out, *args), cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600
     )
-
-
-def read_log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
 
 
 def start_and_wait(demo: Path, out: Path, iterations: int) -> subprocess.Popen:

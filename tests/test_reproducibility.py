@@ -4,9 +4,7 @@ identical checkpoints; the seed and the resolved settings are written next to th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,36 +14,13 @@ from monai.bundle import ConfigParser
 from bundle.demo import generate_demo_dataset
 from bundle.handlers import safe_load
 from bundle.validation import resolved_settings, write_run_settings
-from tests.conftest import REPO_ROOT, TINY_TRAIN
+from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, read_log, run_bundle, run_dirs
 
 TINY = [*TINY_TRAIN, "--val_interval", "3", "--num_iterations", "6", "--rand_flip_prob", "0.5"]
 
 
 def run_train(demo: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        "configs/train.json",
-        *TINY,
-        "--dataset_dir",
-        str(demo),
-        "--output_dir",
-        str(out),
-        "--ckpt_dir",
-        str(out / "models"),
-        *args,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def read_log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    return run_bundle(TRAIN_CONFIG, *TINY, *run_dirs(demo, out), *args)
 
 
 @pytest.fixture(scope="module")

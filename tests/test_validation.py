@@ -33,7 +33,7 @@ from bundle.validation import (
     find_leaks,
     run_cases,
 )
-from tests.conftest import REPO_ROOT, TINY_TRAIN
+from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, run_bundle
 
 SHAPE = (12, 10, 8)
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
@@ -438,10 +438,7 @@ TINY = TINY_TRAIN
 
 
 def run_train(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    env.pop("PLGDF_TRACEBACK", None)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", *TINY, *args]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_bundle(TRAIN_CONFIG, *TINY, *args, check=False)
 
 
 @pytest.fixture(scope="module")
