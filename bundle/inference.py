@@ -252,6 +252,18 @@ def spacing_from_affine(affine: Any) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.sqrt((a[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
 
 
+def atomic_nifti_save(img: nib.Nifti1Image, path: Path, ext: str = ".nii.gz") -> Path:
+    """Save ``img`` to a temporary name beside ``path`` and rename it: never a partial file at ``path``."""
+    tmp = path.with_name(f".{path.name[: -len(ext)]}.tmp{os.getpid()}{ext}")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def output_path(
     source: str, output_dir: str | os.PathLike, postfix: str = "seg", ext: str = ".nii.gz", case_id: str | None = None
 ) -> Path:
@@ -359,13 +371,7 @@ class SaveMaskd(SaveImaged):
         img.header.set_data_dtype(self.output_dtype)
         out = output_path(source, self.output_dir, self.output_postfix, self.output_ext, case_id)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name[: -len(self.output_ext)]}.tmp{os.getpid()}{self.output_ext}")
-        try:
-            nib.save(img, str(tmp))
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_nifti_save(img, out, self.output_ext)
         if self.print_log:
             print(f"saved {out}", flush=True)
         return out

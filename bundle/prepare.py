@@ -36,6 +36,7 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.datalist import write_datalist
+from bundle.inference import atomic_nifti_save
 
 __all__ = [
     "read_list",
@@ -286,14 +287,7 @@ def _save_nifti(volume: Any, path: Path, dtype: Any) -> Path:
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.tmp{os.getpid()}.nii.gz")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_nifti_save(img, path)
 
 
 def _bbox(mask: np.ndarray, axes: Sequence[int], margin: int) -> tuple[list[int], list[int]]:
