@@ -1,0 +1,104 @@
+"""LA-lite benchmark: semi-supervised gain on real LA data at 1.25 mm, on a CPU (see docs/results.md).
+
+    python scripts/la_lite.py prepare                    # data lists from configs/la_lite_split.json
+    python scripts/la_lite.py train --arm plgdf-8        # one arm: supervised-8, plgdf-8, supervised-72, mean-teacher-8
+    python scripts/la_lite.py evaluate --arm plgdf-8     # last + best-on-validation checkpoints, validation cases
+    python scripts/la_lite.py report                     # table, JSON, learning curves
+    python scripts/la_lite.py all                        # all of the above; arms in sequence (default: the three)
+
+--la-dir defaults to ../shared/data/LA. Score the trained checkpoints on any other folder + list of LA h5 cases
+(same 1.25 mm resampling)::
+
+    python scripts/la_lite.py evaluate --la-dir /data/LA_test --la-list /data/LA_test/test.list --name test
+    python scripts/la_lite.py report --name test
+
+The paper's exact-stride protocol (18x18x4 at 0.625 mm = 9x9x2 at 1.25 mm) instead of the bundle default::
+
+    python scripts/la_lite.py evaluate --arm plgdf-8 --protocol paper
+
+Outputs go to --run-root (default runs/la_lite): <arm>/log.jsonl, checkpoints, wall.json,
+eval_<name>_<last|best>[_paper]/; the report writes la_lite_<name>.json, la_lite_<name>.md and la_lite_curves.png
+into --report-dir (default <run-root>/report). Extra arguments after -- go to every training command (e.g.
+-- --num_iterations 200); give the same ones to evaluate when they change the network (--n_filters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from bundle import la_lite  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["prepare", "train", "evaluate", "report", "all"])
+    parser.add_argument("--la-dir", default="../shared/data/LA", help="LA folder (default ../shared/data/LA)")
+    parser.add_argument("--run-root", default="runs/la_lite", help="outputs (default runs/la_lite)")
+    parser.add_argument("--arm", action="append", choices=list(la_lite.ARMS), help="repeatable; default all three")
+    parser.add_argument(
+        "--split", default=str(la_lite.SPLIT_FILE), help="split file (default configs/la_lite_split.json)"
+    )
+    parser.add_argument("--la-list", help="evaluate: list of case IDs (default: the split's validation cases)")
+    parser.add_argument("--name", default="validation", help="evaluate/report: name of the evaluated set")
+    parser.add_argument("--report-dir", help="report: output folder (default <run-root>/report)")
+    parser.add_argument("--figures", action="store_true", help="evaluate: also write per-case PNGs")
+    parser.add_argument(
+        "--protocol",
+        choices=["monai", "paper"],
+        default="monai",
+        help="evaluate: bundle default sliding window (default) or the paper's exact stride",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        nargs=3,
+        default=[9, 9, 2],
+        help="paper protocol stride (default 9 9 2: 18x18x4 at 1.25 mm)",
+    )
+    parser.add_argument("--resume", action="store_true", help="train: continue an interrupted arm")
+    args = parser.parse_args(argv)
+    arms = args.arm or list(la_lite.DEFAULT_ARMS)
+    try:
+        if args.step in ("prepare", "all"):
+            written = la_lite.prepare(args.la_dir, args.run_root, args.split)
+            print("[la-lite] wrote " + ", ".join(str(p) for p in written.values()), flush=True)
+        if args.step in ("train", "all"):
+            for arm in arms:
+                rec = la_lite.run_arm(arm, args.run_root, extra, resume=args.resume)
+                print(f"[la-lite] {arm}: finished in {rec['wall_seconds'] / 60:.1f} min", flush=True)
+        if args.step in ("evaluate", "all"):
+            for arm in arms:
+                out = la_lite.evaluate_arm(
+                    arm,
+                    args.run_root,
+                    args.la_dir,
+                    args.la_list,
+                    args.name,
+                    args.figures,
+                    args.protocol,
+                    args.stride if args.protocol == "paper" else None,
+                    extra,
+                )
+                for which, summary in out.items():
+                    dice = summary["metrics"]["dice"]
+                    print(f"[la-lite] {arm} {which}: Dice {dice['mean']:.4f} +- {dice['std']:.4f}", flush=True)
+        if args.step in ("report", "all"):
+            report_dir = args.report_dir or str(Path(args.run_root) / "report")
+            results = la_lite.report(args.run_root, arms, report_dir, args.name)
+            print(la_lite.markdown_table(results))
+            print(f"[la-lite] report in {report_dir}", flush=True)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

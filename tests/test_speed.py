@@ -1,0 +1,88 @@
+"""Speed/memory benchmark: it runs the real trainer step, counts windows right and reports every part."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, bundle_env
+
+from bundle import speed
+from bundle.inferers import count_windows
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("labeled, unlabeled, rows", [(2, 2, (8, 4)), (1, 1, (4, 2))])
+def test_training_benchmark_times_the_real_step_and_the_bare_work(labeled, unlabeled, rows):
+    out = speed.bench_training(
+        "cpu", (16, 16, 16), labeled, unlabeled, n_filters=2, channels_last=True, warmup=0, repeats=2
+    )
+    it = out["iteration_s"]
+    assert set(it) == {"total", "teacher_forward", "student_forward", "losses", "backward", "optimizer_ema", "other"}
+    for phase in ("teacher_forward", "student_forward", "losses", "backward", "optimizer_ema"):
+        assert 0 < it[phase] < it["total"], phase
+    assert it["other"] > -1e-3  # the phases do not overlap
+    assert (out["rows"]["student"], out["rows"]["teacher"]) == rows
+    assert out["bare_reference_s"] > 0 and out["bare_same_setting_s"] > 0
+    assert out["ratio_to_bare_reference"] == pytest.approx(it["total"] / out["bare_reference_s"])
+    assert out["peak_memory_mb"] > 50
+    assert out["settings"]["precision"] == "fp32"  # autocast is CUDA only
+
+
+def test_inference_benchmark_counts_windows():
+    out = speed.bench_inference("cpu", (40, 30, 20), (16, 16, 16), stride=(8, 8, 8), n_filters=2, repeats=1)
+    assert out["paper"]["windows"] == count_windows((40, 30, 20), (16, 16, 16), (8, 8, 8)) == 4 * 3 * 2
+    # overlap 0.5 -> interval 8: x 0,8,16,24 (4), y 0,8,14 (3), z 0,4 (2)
+    assert out["default"]["windows"] == 24 and out["default"]["mode"] == "gaussian"
+    assert out["speedup_default_vs_paper"] == pytest.approx(
+        out["paper"]["seconds_per_volume"] / out["default"]["seconds_per_volume"]
+    )
+    fewer = speed.bench_inference("cpu", (40, 30, 20), (16, 16, 16), stride=(4, 4, 4), n_filters=2, repeats=1)
+    assert fewer["paper"]["windows"] == count_windows((40, 30, 20), (16, 16, 16), (4, 4, 4)) > 24
+
+
+def test_data_benchmark_on_demo_cases(tmp_path):
+    from bundle.datalist import load_datalist
+    from bundle.demo import generate_demo_dataset
+
+    data = load_datalist(generate_demo_dataset(tmp_path, n_labelled=2, n_unlabelled=0, n_val=0, n_test=0))
+    out = speed.bench_data(data["training"], [str(REPO_ROOT / "configs" / "train.json")], samples=2)
+    assert out["uncached_s_per_sample"] > out["cached_s_per_sample"] > 0
+    assert out["cases"] == 2 and out["samples"] == 2
+    with pytest.raises(ValueError, match="at least one"):
+        speed.bench_data([], [str(REPO_ROOT / "configs" / "train.json")])
+
+
+def test_bench_speed_cli_prints_and_writes_every_part(tmp_path):
+    out = tmp_path / "speed.json"
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "bench_speed.py"),
+        "--patch", "16", "16", "16", "--n-filters", "2", "--warmup", "0", "--repeats", "1", "--threads", "1",
+        "--volume", "24", "24", "20", "--roi", "16", "16", "16", "--samples", "1", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=bundle_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == result
+    assert {"training", "inference", "data", "machine"} <= set(result)
+    assert result["inference"]["paper"]["stride"] == [4, 4, 4]  # roi // 4 for windows the paper does not define
+    assert "demo" in result["data"]["source"]
+
+
+def test_bench_speed_cli_rejects_cuda_without_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench_speed.py"), "--part", "training", "--device", "cuda"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=bundle_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no CUDA device" in proc.stderr
