@@ -302,7 +302,7 @@ def bench_inference(
         stride: the paper protocol's stride; default :func:`bundle.evaluation.paper_stride` of ``roi_size``, or
             ``roi // 4`` for windows the paper does not define.
         overlap, mode, sw_batch_size: the bundle default (``configs/inference.json``: 0.5, gaussian, 4).
-        repeats / paper_repeats: timed runs of the default / paper protocol after one warm-up run of each
+        repeats / paper_repeats: timed runs of the default / paper protocol, after one warm-up run of the default
             (``paper_repeats`` defaults to ``repeats``).
     """
     from monai.inferers import SlidingWindowInferer
@@ -342,7 +342,8 @@ def bench_inference(
     ):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        run(inferer)  # warm-up
+        if name == "default":
+            run(inferer)  # one warm-up run (allocator, cudnn autotuning); the paper protocol reuses it
         times, windows = [], 0
         for _ in range(max(1, n)):
             t, windows = run(inferer)

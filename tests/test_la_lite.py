@@ -149,7 +149,8 @@ def test_report_from_logs_and_summaries(tmp_path):
     assert results["plgdf-8"]["best_iteration"] == 300 and results["plgdf-8"]["wall_seconds"] == 12.5
     table = (tmp_path / "report" / "la_lite_validation.md").read_text()
     assert (
-        "| plgdf-8 | last | 70.00 ± 10.00 | 70.00 ± 10.00 | 3.00 ± 1.00 | n/a | n/a | 3.00 ± 1.00 | 2 | 1.5 |" in table
+        "| plgdf-8 | last | 70.00 ± 10.00 | 70.00 | 70.00 ± 10.00 | 3.00 ± 1.00 | n/a | n/a | 3.00 ± 1.00 | 2 | 1.5 |"
+        in table
     )
     assert "| supervised-8 | last | 50.00 ± 10.00" in table
     assert (tmp_path / "report" / "la_lite_curves.png").stat().st_size > 1000
