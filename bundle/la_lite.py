@@ -126,7 +126,8 @@ def train_command(arm: str, run_root: str | os.PathLike, overrides: Sequence[str
 
 
 def run_arm(arm: str, run_root: str | os.PathLike, overrides: Sequence[str] = (), resume: bool = False) -> dict:
-    """Train one arm; write ``<run_root>/<arm>/wall.json`` (command, wall seconds, exit status). Raises on failure."""
+    """Train one arm; write ``<run_root>/<arm>/wall.json`` (command, wall seconds, exit status; a failed or resumed
+    run writes ``wall_failed_<t>.json`` / ``wall_resume_<t>.json`` instead). Raises on failure."""
     cmd = train_command(arm, run_root, [*overrides, *(["--resume", "true"] if resume else [])])
     if not arm_datalist(arm, run_root).is_file():
         raise FileNotFoundError(f"{arm_datalist(arm, run_root)}: missing; run the prepare step first.")
@@ -143,7 +144,9 @@ def run_arm(arm: str, run_root: str | os.PathLike, overrides: Sequence[str] = ()
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
         "resumed": bool(resume),
     }
-    _write_json(out / ("wall.json" if not resume else f"wall_resume_{int(start)}.json"), record)
+    # a failed or resumed run never replaces the record of a finished one
+    name = "wall.json" if rc == 0 and not resume else f"wall_{'resume' if rc == 0 else 'failed'}_{int(start)}.json"
+    _write_json(out / name, record)
     if rc != 0:
         raise RuntimeError(f"arm {arm} failed with exit status {rc}; see {out / 'log.jsonl'} and the output above.")
     return record

@@ -132,6 +132,20 @@ def test_train_without_prepare_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "run" / "plgdf-8" / "log.jsonl").exists()
 
 
+def test_failed_arm_keeps_the_record_of_a_finished_run(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "datalist_8.json").write_text("{}")
+    (run / "plgdf-8").mkdir()
+    (run / "plgdf-8" / "wall.json").write_text(json.dumps({"wall_seconds": 99.0}))
+    monkeypatch.setattr(la_lite.subprocess, "call", lambda *a, **k: 3)
+    with pytest.raises(RuntimeError, match="exit status 3"):
+        la_lite.run_arm("plgdf-8", run)
+    assert json.loads((run / "plgdf-8" / "wall.json").read_text()) == {"wall_seconds": 99.0}
+    failed = list((run / "plgdf-8").glob("wall_failed_*.json"))
+    assert len(failed) == 1 and json.loads(failed[0].read_text())["returncode"] == 3
+
+
 def test_report_from_logs_and_summaries(tmp_path):
     run = tmp_path / "run"
     for arm, dice in (("supervised-8", 0.5), ("plgdf-8", 0.7)):
