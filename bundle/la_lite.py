@@ -222,10 +222,9 @@ def validation_curve(run_dir: str | os.PathLike) -> list[tuple[int, float]]:
     from bundle.visualize import read_run_log
 
     series = read_run_log(Path(run_dir) / "log.jsonl")
-    key = next((k for k in ("val_mean_dice", "val_dice", "mean_dice") if k in series), None)
-    if key is None:
+    if "val_dice" not in series:  # the key bundle.handlers.LossMonitor writes after each validation
         raise ValueError(f"{run_dir}/log.jsonl has no validation Dice (keys: {sorted(series)}).")
-    return [(int(i), float(v)) for i, v in series[key]]
+    return [(int(i), float(v)) for i, v in series["val_dice"]]
 
 
 def collect(run_root: str | os.PathLike, arms: Sequence[str], name: str = "validation") -> dict[str, Any]:
