@@ -147,6 +147,7 @@ def build_trainer(
         n_copies=n_copies,
         amp=amp,
         amp_dtype=amp_dtype,
+        cpu_amp=amp and device.type == "cpu",
         channels_last=channels_last,
     )
     trainer.state.device = device
@@ -164,6 +165,18 @@ class _Repeat:
 
     def __next__(self) -> torch.Tensor:
         return self.x
+
+
+def _check_precision(device: torch.device, amp: bool, amp_dtype: str) -> None:
+    if amp and device.type == "cpu" and amp_dtype != "bfloat16":
+        raise ValueError(f"autocast on CPU is bfloat16 only (the trainer's amp_cpu), got {amp_dtype}.")
+
+
+def _autocast(device: torch.device, amp: bool, amp_dtype: str) -> Any:
+    """The trainer's autocast: ``amp_dtype`` on CUDA, bfloat16 on CPU (``amp_cpu``), nothing when ``amp`` is off."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, amp_dtype))
 
 
 def _bare_work(
@@ -211,6 +224,7 @@ def bench_training(
         "ratio_to_bare_same_setting", "peak_memory_mb", "rows": {...}, "settings": {...}}``.
     """
     device = torch.device(device)
+    _check_precision(device, amp, amp_dtype)
     trainer, batch = build_trainer(
         device, patch_size, labeled_batch, unlabeled_batch, n_filters, n_copies, amp, amp_dtype, channels_last
     )
@@ -224,13 +238,12 @@ def bench_training(
     timer = _PhaseTimer(trainer, device)  # after the copies: they must not carry its hooks
     x_s = torch.randn((n_student, 1, *patch_size), device=device)
     x_t = torch.randn((n_teacher, 1, *patch_size), device=device)
-    use_amp = amp and device.type == "cuda"
 
     def no_autocast() -> Any:
         return contextlib.nullcontext()
 
     def trainer_autocast() -> Any:
-        return torch.autocast("cuda", dtype=getattr(torch, amp_dtype)) if use_amp else contextlib.nullcontext()
+        return _autocast(device, amp, amp_dtype)
 
     phases: dict[str, list[float]] = {}
     bare_ref: list[float] = []
@@ -273,7 +286,7 @@ def bench_training(
             "unlabeled_batch": unlabeled_batch,
             "n_filters": n_filters,
             "n_copies": n_copies,
-            "precision": amp_dtype if use_amp else "fp32",
+            "precision": amp_dtype if amp else "fp32",
             "channels_last": channels_last,
             "warmup": warmup,
             "repeats": repeats,
@@ -311,6 +324,7 @@ def bench_inference(
     from bundle.inferers import StridedSlidingWindowInferer
 
     device = torch.device(device)
+    _check_precision(device, amp, amp_dtype)
     torch.manual_seed(seed)
     net = PLGDFVNet(1, 2, n_filters=n_filters, dropout=True).to(device).eval()
     roi = tuple(int(r) for r in roi_size)
@@ -324,8 +338,9 @@ def bench_inference(
         counted["n"] += t.shape[0]
         return net(t)
 
-    use_amp = amp and device.type == "cuda"
-    ctx = (lambda: torch.autocast("cuda", dtype=getattr(torch, amp_dtype))) if use_amp else contextlib.nullcontext
+
+    def ctx() -> Any:
+        return _autocast(device, amp, amp_dtype)
 
     def run(inferer: Any) -> tuple[float, int]:
         counted["n"] = 0
@@ -361,7 +376,7 @@ def bench_inference(
         "roi_size": list(roi),
         "sw_batch_size": sw_batch_size,
         "n_filters": n_filters,
-        "precision": amp_dtype if use_amp else "fp32",
+        "precision": amp_dtype if amp else "fp32",
     }
     return out
 

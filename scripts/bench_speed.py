@@ -38,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled-batch", type=int, default=2)
     p.add_argument("--unlabeled-batch", type=int, default=2)
     p.add_argument("--n-filters", type=int, default=16, help="V-Net base width (default 16, the paper's)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on CUDA only")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="autocast: bf16/fp16 on CUDA, bf16 on CPU (the trainer's amp_cpu)",
+    )
     p.add_argument("--no-channels-last", action="store_true", help="default memory layout in the trainer")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed training iterations / inference runs")

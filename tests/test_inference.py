@@ -204,8 +204,14 @@ def test_inference_preprocessing_matches_training():
         "foreground_threshold",
         "patch_size",
         "network_def",
+        "sw_overlap",
+        "sw_mode",
     ):
         assert infer[key] == train[key], key
+    # validation during training (which picks checkpoint_best.pt) uses the inference default's window
+    val = train["validate"]["inferer"]
+    assert val["_target_"] == infer["sliding_window_inferer"]["_target_"] == "SlidingWindowInferer"
+    assert (val["roi_size"], val["overlap"], val["mode"]) == ("@patch_size", "@sw_overlap", "@sw_mode")
     ignore = {"select_fn", "track_meta"}  # a picklable AboveThreshold for the lambda; meta kept for Invertd
 
     def norm(x: dict) -> dict:  # drop-in subclasses (e.g. bundle.monailabel.Spacingd) count as the MONAI class

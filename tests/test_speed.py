@@ -36,7 +36,20 @@ def test_training_benchmark_times_the_real_step_and_the_bare_work(labeled, unlab
     assert out["bare_reference_s"] > 0 and out["bare_same_setting_s"] > 0
     assert out["ratio_to_bare_reference"] == pytest.approx(it["total"] / out["bare_reference_s"])
     assert out["peak_memory_mb"] > 50
-    assert out["settings"]["precision"] == "fp32"  # autocast is CUDA only
+    assert out["settings"]["precision"] == "fp32"
+
+
+def test_training_benchmark_bf16_on_cpu_autocasts_the_trainer():
+    out = speed.bench_training("cpu", (16, 16, 16), 1, 1, n_filters=2, amp=True, warmup=0, repeats=1)
+    assert out["settings"]["precision"] == "bfloat16" and out["bare_same_setting_s"] > 0
+    trainer, _ = speed.build_trainer(torch.device("cpu"), (16, 16, 16), 1, 1, n_filters=2, amp=True)
+    with trainer._autocast():
+        assert trainer.network(torch.randn(2, 1, 16, 16, 16))[0].dtype == torch.bfloat16
+    fp32, _ = speed.build_trainer(torch.device("cpu"), (16, 16, 16), 1, 1, n_filters=2, amp=False)
+    with fp32._autocast():
+        assert fp32.network(torch.randn(2, 1, 16, 16, 16))[0].dtype == torch.float32
+    with pytest.raises(ValueError, match="bfloat16 only"):
+        speed.bench_training("cpu", (16, 16, 16), 1, 1, n_filters=2, amp=True, amp_dtype="float16", repeats=1)
 
 
 def test_inference_benchmark_counts_windows():
