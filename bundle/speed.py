@@ -338,7 +338,6 @@ def bench_inference(
         counted["n"] += t.shape[0]
         return net(t)
 
-
     def ctx() -> Any:
         return _autocast(device, amp, amp_dtype)
 
