@@ -217,6 +217,45 @@ def evaluate_arm(
     return summaries
 
 
+def window_study(
+    run_root: str | os.PathLike,
+    arms: Sequence[str],
+    la_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    la_list: str | os.PathLike | None = None,
+    name: str = "validation",
+    which: str = "last",
+    settings: dict[str, dict] | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Sliding-window settings compared on the arms' ``which`` checkpoints (:mod:`bundle.window_study`).
+
+    Dice on ``la_list`` (default: the validation cases) and inference seconds per volume (the inferer alone, in
+    one process) for each setting, against the paper's stride. Writes ``la_lite_windows_<name>.json`` and ``.md``
+    into ``out_dir``; returns ``{arm: result}``.
+    """
+    from bundle.window_study import compare_windows, markdown
+
+    if which not in CHECKPOINTS:
+        raise ValueError(f"which must be one of {list(CHECKPOINTS)}, got {which!r}.")
+    la_list = la_list or Path(run_root) / "data" / "validation.list"
+    entries = la_entries(la_dir, la_list)
+    params = {"spacing": [0.625 / RESAMPLE_FACTOR] * 3, "bundle_root": str(ROOT), **parse_overrides(overrides)}
+    results = {}
+    for arm in arms:
+        ckpt = Path(run_root) / arm / CHECKPOINTS[which]
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{ckpt}: missing; train the arm first (scripts/la_lite.py train --arm {arm}).")
+        print(f"[la-lite] window settings on {arm} ({which} checkpoint), {len(entries)} cases", flush=True)
+        results[f"{arm} ({which})"] = compare_windows(
+            ckpt, entries, [str(ROOT / "configs" / "inference.json"), str(ROOT / PRESET)], settings, params
+        )
+    out_dir = Path(out_dir)
+    _write_json(out_dir / f"la_lite_windows_{name}.json", results)
+    (out_dir / f"la_lite_windows_{name}.md").write_text(markdown(results), encoding="utf-8")
+    return results
+
+
 def validation_curve(run_dir: str | os.PathLike) -> list[tuple[int, float]]:
     """``[(iteration, validation Dice), ...]`` from a run's ``log.jsonl``."""
     from bundle.visualize import read_run_log

@@ -4,6 +4,7 @@
     python scripts/la_lite.py train --arm plgdf-8        # one arm: supervised-8, plgdf-8, supervised-72, mean-teacher-8
     python scripts/la_lite.py evaluate --arm plgdf-8     # last + best-on-validation checkpoints, validation cases
     python scripts/la_lite.py report                     # table, JSON, learning curves
+    python scripts/la_lite.py windows                    # sliding-window settings: Dice and s/volume vs the paper's
     python scripts/la_lite.py all                        # all of the above; arms in sequence (default: the three)
 
 --la-dir defaults to ../shared/data/LA. Score the trained checkpoints on any other folder + list of LA h5 cases
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["prepare", "train", "evaluate", "report", "all"])
+    parser.add_argument("step", choices=["prepare", "train", "evaluate", "report", "windows", "all"])
     parser.add_argument("--la-dir", default="../shared/data/LA", help="LA folder (default ../shared/data/LA)")
     parser.add_argument("--run-root", default="runs/la_lite", help="outputs (default runs/la_lite)")
     parser.add_argument("--arm", action="append", choices=list(la_lite.ARMS), help="repeatable; default all three")
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         help="paper protocol stride (default 9 9 2: 18x18x4 at 1.25 mm)",
     )
     parser.add_argument("--resume", action="store_true", help="train: continue an interrupted arm")
+    parser.add_argument(
+        "--checkpoint", choices=["last", "best"], default="last", help="windows: which checkpoint (default last)"
+    )
     args = parser.parse_args(argv)
     arms = args.arm or list(la_lite.DEFAULT_ARMS)
     try:
@@ -94,6 +98,15 @@ def main(argv: list[str] | None = None) -> int:
             results = la_lite.report(args.run_root, arms, report_dir, args.name)
             print(la_lite.markdown_table(results))
             print(f"[la-lite] report in {report_dir}", flush=True)
+        if args.step == "windows":
+            report_dir = args.report_dir or str(Path(args.run_root) / "report")
+            results = la_lite.window_study(
+                args.run_root, arms, args.la_dir, report_dir, args.la_list, args.name, args.checkpoint, overrides=extra
+            )
+            from bundle.window_study import markdown
+
+            print(markdown(results))
+            print(f"[la-lite] window study in {report_dir}", flush=True)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -206,3 +206,8 @@ def test_la_lite_end_to_end_on_tiny_cases(fake_la, tmp_path, monkeypatch):
     assert [it for it, _ in results["supervised-3"]["curve"]] == [2, 4]
     table = (run / "report" / "la_lite_validation.md").read_text()
     assert table.count("| plgdf-2 |") == 4 and table.count("| supervised-3 |") == 2
+    settings = {"default": {"overlap": 0.5, "mode": "gaussian"}, "paper": {"stride": [8, 8, 8]}}
+    windows = la_lite.window_study(run, arms, la_dir, run / "report", settings=settings, overrides=net)
+    assert set(windows) == {"plgdf-2 (last)", "supervised-3 (last)"}
+    assert windows["plgdf-2 (last)"]["settings"]["paper"]["windows_per_volume"] == 8  # 20^3 at 1.25 mm, 16^3, 8
+    assert (run / "report" / "la_lite_windows_validation.md").read_text().count("| supervised-3 (last) |") == 2
