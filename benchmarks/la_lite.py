@@ -11,7 +11,7 @@ unlabelled = the 64 between), and arms that share the network, patch, schedule a
 - ``supervised-72``: all 72 non-validation cases labelled (the ceiling);
 - ``mean-teacher-8``: L_sup + L_semi, no mix, no consistency, no sharpening (optional).
 
-``scripts/la_lite.py`` is the command line; this module holds the steps so tests can drive them on tiny data.
+``python -m scripts.la_lite`` is the command line; this module holds the steps so tests can drive them on tiny data.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bundle.datalist import write_datalist
-from bundle.prepare import la_entries
+from bundle.data.datalist import write_datalist
+from bundle.data.prepare import la_entries
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT_FILE = ROOT / "configs" / "la_lite_split.json"
@@ -187,7 +187,7 @@ def evaluate_arm(
     Reports go to ``<run_root>/<arm>/eval_<name>_<last|best>[_paper]``, each with ``timing.json`` (wall seconds per
     case, loading included); returns ``{"last": summary, "best": summary}``.
     """
-    from bundle.evaluation import evaluate_checkpoint
+    from bundle.evaluation.report import evaluate_checkpoint
 
     run_dir = Path(run_root) / arm
     la_list = la_list or Path(run_root) / "data" / "validation.list"
@@ -196,7 +196,9 @@ def evaluate_arm(
     for which, fname in CHECKPOINTS.items():
         ckpt = run_dir / fname
         if not ckpt.is_file():
-            raise FileNotFoundError(f"{ckpt}: missing; train the arm first (scripts/la_lite.py train --arm {arm}).")
+            raise FileNotFoundError(
+                f"{ckpt}: missing; train the arm first (python -m scripts.la_lite train --arm {arm})."
+            )
         out = run_dir / f"eval_{name}_{which}{suffix}"
         start = time.perf_counter()
         summaries[which] = evaluate_checkpoint(
@@ -228,13 +230,13 @@ def window_study(
     settings: dict[str, dict] | None = None,
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Sliding-window settings compared on the arms' ``which`` checkpoints (:mod:`bundle.window_study`).
+    """Sliding-window settings compared on the arms' ``which`` checkpoints (:mod:`benchmarks.window_study`).
 
     Dice on ``la_list`` (default: the validation cases) and inference seconds per volume (the inferer alone, in
     one process) for each setting, against the paper's stride. Writes ``la_lite_windows_<name>.json`` and ``.md``
     into ``out_dir``; returns ``{arm: result}``.
     """
-    from bundle.window_study import compare_windows, markdown
+    from benchmarks.window_study import compare_windows, markdown
 
     if which not in CHECKPOINTS:
         raise ValueError(f"which must be one of {list(CHECKPOINTS)}, got {which!r}.")
@@ -245,7 +247,9 @@ def window_study(
     for arm in arms:
         ckpt = Path(run_root) / arm / CHECKPOINTS[which]
         if not ckpt.is_file():
-            raise FileNotFoundError(f"{ckpt}: missing; train the arm first (scripts/la_lite.py train --arm {arm}).")
+            raise FileNotFoundError(
+                f"{ckpt}: missing; train the arm first (python -m scripts.la_lite train --arm {arm})."
+            )
         print(f"[la-lite] window settings on {arm} ({which} checkpoint), {len(entries)} cases", flush=True)
         results[f"{arm} ({which})"] = compare_windows(
             ckpt, entries, [str(ROOT / "configs" / "inference.json"), str(ROOT / PRESET)], settings, params
@@ -258,10 +262,10 @@ def window_study(
 
 def validation_curve(run_dir: str | os.PathLike) -> list[tuple[int, float]]:
     """``[(iteration, validation Dice), ...]`` from a run's ``log.jsonl``."""
-    from bundle.visualize import read_run_log
+    from bundle.evaluation.figures import read_run_log
 
     series = read_run_log(Path(run_dir) / "log.jsonl")
-    if "val_dice" not in series:  # the key bundle.handlers.LossMonitor writes after each validation
+    if "val_dice" not in series:  # the key bundle.engine.checkpoint.LossMonitor writes after each validation
         raise ValueError(f"{run_dir}/log.jsonl has no validation Dice (keys: {sorted(series)}).")
     return [(int(i), float(v)) for i, v in series["val_dice"]]
 
@@ -344,7 +348,7 @@ def report(
     run_root: str | os.PathLike, arms: Sequence[str], out_dir: str | os.PathLike, name: str = "validation"
 ) -> dict:
     """Write ``la_lite_<name>.json``, ``la_lite_<name>.md`` (table) and ``la_lite_curves.png`` into ``out_dir``."""
-    from bundle.visualize import learning_curves
+    from bundle.evaluation.figures import learning_curves
 
     results = collect(run_root, arms, name)
     out_dir = Path(out_dir)

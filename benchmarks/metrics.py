@@ -1,4 +1,4 @@
-"""Time ``bundle.metrics.case_metrics`` on synthetic LA-sized cases (prints JSON).
+"""Time ``bundle.evaluation.metrics.case_metrics`` on synthetic LA-sized cases (prints JSON).
 
 Each case is a 215x140x88 volume (the size of a cropped LA case) holding an atrium-like blob: an
 ellipsoid of about 80x60x45 voxels whose radius is modulated by smooth low-frequency noise; the
@@ -7,8 +7,8 @@ about 0.85-0.9 and the surfaces are realistic. Case generation is not timed.
 
 Usage::
 
-    python scripts/bench_metrics.py                    # 20 cases, 3 repeats, prints the median seconds
-    python scripts/bench_metrics.py --compare-medpy    # also time medpy (test-only dependency) on the same cases
+    python -m benchmarks.metrics                    # 20 cases, 3 repeats, prints the median seconds
+    python -m benchmarks.metrics --compare-medpy    # also time medpy (test-only dependency) on the same cases
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import zoom
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.metrics import case_metrics  # noqa: E402
+from bundle.evaluation.metrics import case_metrics
 
 LA_SHAPE = (215, 140, 88)
 LA_SPACING = (0.625, 0.625, 0.625)

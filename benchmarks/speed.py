@@ -1,9 +1,9 @@
-"""Speed and memory of training, inference and the data pipeline (``scripts/bench_speed.py``, docs/performance.md).
+"""Speed and memory of training, inference and the data pipeline (``python -m scripts.bench_speed``, docs/performance.md).
 
 Every figure is a median over repeats after warm-up, and every ratio compares two things measured in the same
 process, interleaved round by round, so a busy machine slows both sides alike.
 
-- :func:`bench_training`: one real :class:`bundle.trainer.PLGDFTrainer` iteration (its own ``_iteration``, synthetic
+- :func:`bench_training`: one real :class:`bundle.method.trainer.PLGDFTrainer` iteration (its own ``_iteration``, synthetic
   batches), broken down into teacher forward / student forward / losses / backward / optimizer+EMA / the rest
   (noise, mix, copies), against the *bare network work* it contains: the student's forward+backward on its
   ``labelled + (K + 1) * unlabelled`` rows (8 for batch 2+2, K=2) plus the teacher's no-grad forward on
@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from bundle.mix import MixModule
-from bundle.networks import PLGDFVNet
-from bundle.teacher import EMATeacher
-from bundle.trainer import PLGDFTrainer
+from bundle.method.mix import MixModule
+from bundle.method.networks import PLGDFVNet
+from bundle.method.teacher import EMATeacher
+from bundle.method.trainer import PLGDFTrainer
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -312,7 +312,7 @@ def bench_inference(
     """Seconds per volume of the paper's strided window and of the bundle's ``SlidingWindowInferer``.
 
     Args:
-        stride: the paper protocol's stride; default :func:`bundle.evaluation.paper_stride` of ``roi_size``, or
+        stride: the paper protocol's stride; default :func:`bundle.evaluation.report.paper_stride` of ``roi_size``, or
             ``roi // 4`` for windows the paper does not define.
         overlap, mode, sw_batch_size: the bundle default (``configs/inference.json``: 0.5, gaussian, 4).
         repeats / paper_repeats: timed runs of the default / paper protocol, after one warm-up run of the default
@@ -320,8 +320,8 @@ def bench_inference(
     """
     from monai.inferers import SlidingWindowInferer
 
-    from bundle.evaluation import PAPER_STRIDES
-    from bundle.inferers import StridedSlidingWindowInferer
+    from bundle.evaluation.report import PAPER_STRIDES
+    from bundle.inference.inferers import StridedSlidingWindowInferer
 
     device = torch.device(device)
     _check_precision(device, amp, amp_dtype)

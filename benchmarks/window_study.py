@@ -8,11 +8,11 @@ A setting is a dict:
 
 - ``{"overlap": 0.5, "mode": "gaussian"}``: MONAI ``SlidingWindowInferer`` (the bundle default), optionally
   ``"roi": [h, w, d]`` (a window other than the training patch; sizes divisible by 16) and ``"tta": [[0], ...]``
-  (flip test-time augmentation, :class:`bundle.inference.ProbabilityInferer`);
+  (flip test-time augmentation, :class:`bundle.inference.writers.ProbabilityInferer`);
 - ``{"stride": [9, 9, 2]}``: the paper's exact-stride window with uniform averaging
-  (:class:`bundle.inferers.StridedSlidingWindowInferer`).
+  (:class:`bundle.inference.inferers.StridedSlidingWindowInferer`).
 
-``scripts/la_lite.py windows`` runs it on the LA-lite validation cases (``docs/results.md``).
+``python -m scripts.la_lite windows`` runs it on the LA-lite validation cases (``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batc
     """The inferer of one setting: probabilities ``(B, C, H, W, D)`` from a network returning logits."""
     from monai.inferers import SlidingWindowInferer
 
-    from bundle.inference import ProbabilityInferer
-    from bundle.inferers import StridedSlidingWindowInferer
+    from bundle.inference.inferers import StridedSlidingWindowInferer
+    from bundle.inference.writers import ProbabilityInferer
 
     unknown = set(setting) - _KEYS
     if unknown:
@@ -103,8 +103,8 @@ def compare_windows(
     """
     from monai.bundle import ConfigParser
 
-    from bundle.handlers import safe_load
-    from bundle.metrics import dice
+    from bundle.engine.checkpoint import safe_load
+    from bundle.evaluation.metrics import dice
 
     settings = dict(settings or WINDOW_SETTINGS)
     if not settings:

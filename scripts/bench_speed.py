@@ -1,7 +1,7 @@
 """Speed and memory benchmark (docs/performance.md); prints one JSON object.
 
-    python scripts/bench_speed.py --out runs/speed_cpu.json                       # CPU: 64x64x32, batch 2+2, V-Net 16
-    python scripts/bench_speed.py --device cuda --patch 112 112 80 --precision bf16 --out runs/speed_gpu_bf16.json
+    python -m scripts.bench_speed --out runs/speed_cpu.json                       # CPU: 64x64x32, batch 2+2, V-Net 16
+    python -m scripts.bench_speed --device cuda --patch 112 112 80 --precision bf16 --out runs/speed_gpu_bf16.json
 
 Parts (--part, default all; each part runs in its own process so peak memory is per part):
 - training: median seconds per PLGDF iteration (the real trainer step on synthetic batches) with the breakdown
@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 PARTS = ("training", "inference", "data")
 
@@ -62,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run_part(args: argparse.Namespace) -> dict:
     import torch
 
-    from bundle import speed
+    from benchmarks import speed
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,13 +101,13 @@ def _run_part(args: argparse.Namespace) -> dict:
 
 
 def _run_data(args: argparse.Namespace) -> dict:
-    from bundle import speed
-    from bundle.datalist import load_datalist
+    from benchmarks import speed
+    from bundle.data.datalist import load_datalist
 
     configs = [str(ROOT / "configs" / "train.json")]
     with tempfile.TemporaryDirectory() as tmp:
         if args.la_dir:
-            from bundle.prepare import la_entries
+            from bundle.data.prepare import la_entries
 
             ids = json.loads((ROOT / "configs" / "la_lite_split.json").read_text())["train"][:4]
             list_file = Path(tmp) / "cases.list"
@@ -117,7 +116,7 @@ def _run_data(args: argparse.Namespace) -> dict:
             configs.append(str(ROOT / "configs" / "presets" / "la_lite.json"))
             source = f"LA h5 cases {', '.join(ids)} (configs/presets/la_lite.json: 1.25 mm, patch 48x48x32)"
         else:
-            from bundle.demo import generate_demo_dataset
+            from bundle.data.demo import generate_demo_dataset
 
             datalist = load_datalist(generate_demo_dataset(tmp, n_labelled=4, n_unlabelled=0, n_val=0, n_test=0))
             entries = datalist["training"]
@@ -139,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
         for part in PARTS:
             print(f"[bench] {part} ...", file=sys.stderr, flush=True)
             proc = subprocess.run(
-                [sys.executable, __file__, "--part", part, *base],
+                [sys.executable, "-m", "scripts.bench_speed", "--part", part, *base],
+                cwd=ROOT,
                 capture_output=True,
                 text=True,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -2,12 +2,12 @@
 
 LA h5 cases (legacy layout ``<la-dir>/<ID>/mri_norm2.h5``) from a list file, e.g. the LA-lite benchmark at 1.25 mm::
 
-    python scripts/evaluate.py --checkpoint models/model.pt --la-dir ../shared/data/LA --la-list test.list \\
+    python -m scripts.evaluate --checkpoint models/model.pt --la-dir ../shared/data/LA --la-list test.list \\
         --resample-factor 0.5 --config configs/presets/la.json --out eval/la
 
 Any NIfTI data list (section ``test`` or ``validation``), the paper's exact-stride protocol::
 
-    python scripts/evaluate.py --checkpoint runs/train/checkpoint_best.pt --datalist data/pancreas/datalist.json \\
+    python -m scripts.evaluate --checkpoint runs/train/checkpoint_best.pt --datalist data/pancreas/datalist.json \\
         --section test --config configs/presets/pancreas.json --protocol paper --out eval/pancreas
 
 Outputs in ``--out``: ``metrics.csv``, ``summary.json``, ``summary.md``, ``cases/<case>.png``, ``overview.png``
@@ -21,9 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from bundle.evaluation import evaluate_checkpoint  # noqa: E402
+from bundle.evaluation.report import evaluate_checkpoint
 
 
 def _value(text: str):
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides=overrides,
     )
     if args.training_log:
-        from bundle.visualize import training_curves
+        from bundle.evaluation.figures import training_curves
 
         print(f"wrote {training_curves(args.training_log, Path(args.out) / 'training_curves.png')}")
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))

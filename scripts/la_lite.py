@@ -1,21 +1,21 @@
 """LA-lite benchmark: semi-supervised gain on real LA data at 1.25 mm, on a CPU (see docs/results.md).
 
-    python scripts/la_lite.py prepare                    # data lists from configs/la_lite_split.json
-    python scripts/la_lite.py train --arm plgdf-8        # one arm: supervised-8, plgdf-8, supervised-72, mean-teacher-8
-    python scripts/la_lite.py evaluate --arm plgdf-8     # last + best-on-validation checkpoints, validation cases
-    python scripts/la_lite.py report                     # table, JSON, learning curves
-    python scripts/la_lite.py windows                    # sliding-window settings: Dice and s/volume vs the paper's
-    python scripts/la_lite.py all                        # all of the above; arms in sequence (default: the three)
+    python -m scripts.la_lite prepare                    # data lists from configs/la_lite_split.json
+    python -m scripts.la_lite train --arm plgdf-8        # one arm: supervised-8, plgdf-8, supervised-72, mean-teacher-8
+    python -m scripts.la_lite evaluate --arm plgdf-8     # last + best-on-validation checkpoints, validation cases
+    python -m scripts.la_lite report                     # table, JSON, learning curves
+    python -m scripts.la_lite windows                    # sliding-window settings: Dice and s/volume vs the paper's
+    python -m scripts.la_lite all                        # all of the above; arms in sequence (default: the three)
 
 --la-dir defaults to ../shared/data/LA. Score the trained checkpoints on any other folder + list of LA h5 cases
 (same 1.25 mm resampling)::
 
-    python scripts/la_lite.py evaluate --la-dir /data/LA_test --la-list /data/LA_test/test.list --name test
-    python scripts/la_lite.py report --name test
+    python -m scripts.la_lite evaluate --la-dir /data/LA_test --la-list /data/LA_test/test.list --name test
+    python -m scripts.la_lite report --name test
 
 The paper's exact-stride protocol (18x18x4 at 0.625 mm = 9x9x2 at 1.25 mm) instead of the bundle default::
 
-    python scripts/la_lite.py evaluate --arm plgdf-8 --protocol paper
+    python -m scripts.la_lite evaluate --arm plgdf-8 --protocol paper
 
 Outputs go to --run-root (default runs/la_lite): <arm>/log.jsonl, checkpoints, wall.json,
 eval_<name>_<last|best>[_paper]/; the report writes la_lite_<name>.json, la_lite_<name>.md and la_lite_curves.png
@@ -29,9 +29,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from bundle import la_lite  # noqa: E402
+from benchmarks import la_lite
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             results = la_lite.window_study(
                 args.run_root, arms, args.la_dir, report_dir, args.la_list, args.name, args.checkpoint, overrides=extra
             )
-            from bundle.window_study import markdown
+            from benchmarks.window_study import markdown
 
             print(markdown(results))
             print(f"[la-lite] window study in {report_dir}", flush=True)

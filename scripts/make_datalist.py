@@ -1,6 +1,6 @@
 """Build a semi-supervised data list JSON from a dataset folder (imagesTr/labelsTr/imagesUnlabeled/...).
 
-Example: ``python scripts/make_datalist.py data/mydata --out data/mydata/datalist.json --val-fraction 0.2
+Example: ``python -m scripts.make_datalist data/mydata --out data/mydata/datalist.json --val-fraction 0.2
 --n-labelled 8 --seed 0``
 """
 
@@ -10,9 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from bundle.datalist import build_datalist  # noqa: E402
+from bundle.data.datalist import build_datalist
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Generate the synthetic CT-like demo dataset: ``python scripts/make_demo_data.py --out data/demo --seed 0``."""
+"""Generate the synthetic CT-like demo dataset: ``python -m scripts.make_demo_data --out data/demo --seed 0``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from bundle.demo import ensure_demo_dataset, generate_demo_dataset  # noqa: E402
+from bundle.data.demo import ensure_demo_dataset, generate_demo_dataset
 
 
 def main(argv: list[str] | None = None) -> Path:

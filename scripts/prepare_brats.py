@@ -1,6 +1,6 @@
 """Prepare BraTS FLAIR whole tumour: brain bounding-box crop, 99.9th-percentile clip, z-score over the brain.
 
-    python scripts/prepare_brats.py --src /data/MICCAI_BraTS_2019_Data_Training --out data/brats \\
+    python -m scripts.prepare_brats --src /data/MICCAI_BraTS_2019_Data_Training --out data/brats \\
         --n-labelled 25 --n-val 25 --n-test 60
 
 Reads <case>/<case>_flair.nii.gz + <case>_seg.nii.gz (BraTS 2019, brain = FLAIR > 0) or the
@@ -14,9 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from bundle.prepare import prepare_brats, read_list  # noqa: E402
+from bundle.data.prepare import prepare_brats, read_list
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,6 +1,6 @@
 """Write the LA data list (the UA-MT h5 cases are used in place).
 
-    python scripts/prepare_la.py --data-dir ../shared/data/LA --n-labelled 8 --n-val 8 --out data/la/datalist_8.json
+    python -m scripts.prepare_la --data-dir ../shared/data/LA --n-labelled 8 --n-val 8 --out data/la/datalist_8.json
 
 Split of train.list (order kept): training = first N IDs, validation = last --n-val IDs (8: the LA-lite split;
 0: the paper's split), unlabeled = the rest; test = test.list when given (or found next to train.list).
@@ -12,9 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from bundle.prepare import prepare_la  # noqa: E402
+from bundle.data.prepare import prepare_la
 
 
 def main(argv: list[str] | None = None) -> dict:

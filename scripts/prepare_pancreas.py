@@ -1,6 +1,6 @@
 """Prepare TCIA NIH Pancreas-CT: 1 mm, HU [-125, 275] -> [0, 1], x/y crop around the pancreas (25 voxels), z-score.
 
-    python scripts/prepare_pancreas.py --images /data/Pancreas-CT --labels /data/TCIA_pancreas_labels-02-05-2017 \\
+    python -m scripts.prepare_pancreas --images /data/Pancreas-CT --labels /data/TCIA_pancreas_labels-02-05-2017 \\
         --out data/pancreas --n-labelled 6 --n-test 20
 
 --images holds one DICOM folder per case (PANCREAS_0001/..., read with SimpleITK's ImageSeriesReader) or NIfTI
@@ -14,9 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from bundle.prepare import prepare_pancreas, read_list  # noqa: E402
+from bundle.data.prepare import prepare_pancreas, read_list
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,5 +1,5 @@
 """Multi-GPU config: the real ``torchrun ... -m monai.bundle run`` with ``configs/multi_gpu_train.json`` on the CPU
-(gloo backend, 2 processes, a few iterations), plus unit checks of ``bundle.distributed``."""
+(gloo backend, 2 processes, a few iterations), plus unit checks of ``bundle.engine.distributed``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle.demo import generate_demo_dataset
-from bundle.distributed import BroadcastBuffers, rank_handlers, validation_sampler
+from bundle.data.demo import generate_demo_dataset
+from bundle.engine.distributed import BroadcastBuffers, rank_handlers, validation_sampler
 from tests.conftest import REPO_ROOT, TINY_TRAIN
 
 TINY = TINY_TRAIN
@@ -118,7 +118,7 @@ def test_rank_handlers_without_group_keeps_all():
 
 
 def test_rank_handlers_on_other_ranks(monkeypatch):
-    import bundle.distributed as bd
+    import bundle.engine.distributed as bd
 
     monkeypatch.setattr(bd, "rank", lambda: 1)
     tb, keep, val = TensorBoardStatsHandler(), _FakeHandler(), ValidationHandler()
@@ -127,7 +127,7 @@ def test_rank_handlers_on_other_ranks(monkeypatch):
 
 
 def test_validation_sampler_shares(monkeypatch):
-    import bundle.distributed as bd
+    import bundle.engine.distributed as bd
 
     assert validation_sampler(list(range(5))) is None  # not distributed
     monkeypatch.setattr(bd, "world_size", lambda: 2)

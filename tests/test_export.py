@@ -13,7 +13,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import DivisiblePad
 
-from bundle.demo import generate_demo_dataset
+from bundle.data.demo import generate_demo_dataset
 from tests.conftest import REPO_ROOT
 
 INFER = REPO_ROOT / "configs" / "inference.json"

@@ -19,10 +19,10 @@ import torch
 from ignite.engine import Engine
 from torch.utils.data import DataLoader
 
-from bundle.data import EndlessLoader, RepeatedShuffleSampler
-from bundle.demo import generate_demo_dataset
-from bundle.handlers import CheckpointError, LossMonitor, TrainingCheckpointer, atomic_save, safe_load
-from bundle.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss
+from bundle.data.demo import generate_demo_dataset
+from bundle.data.samplers import EndlessLoader, RepeatedShuffleSampler
+from bundle.engine.checkpoint import CheckpointError, LossMonitor, TrainingCheckpointer, atomic_save, safe_load
+from bundle.method.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss
 from tests.conftest import REPO_ROOT, TINY_TRAIN, TRAIN_CONFIG, bundle_cmd, bundle_env, read_log, run_dirs
 
 TINY = [*TINY_TRAIN, "--val_interval", "4", "--num_iterations", "16"]
@@ -114,7 +114,7 @@ def reference(tiny_demo: Path, tmp_path_factory) -> Path:
 # -- atomic checkpoints ---------------------------------------------------------------------------------
 WRITER = """
 import sys, torch
-from bundle.handlers import atomic_save
+from bundle.engine.checkpoint import atomic_save
 i = 0
 while True:
     atomic_save({"i": torch.tensor(i), "w": torch.full((512, 1024), float(i))}, sys.argv[1])

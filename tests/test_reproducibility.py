@@ -11,9 +11,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle.demo import generate_demo_dataset
-from bundle.handlers import safe_load
-from bundle.validation import resolved_settings, write_run_settings
+from bundle.data.checks import resolved_settings, write_run_settings
+from bundle.data.demo import generate_demo_dataset
+from bundle.engine.checkpoint import safe_load
 from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, read_log, run_bundle, run_dirs
 
 TINY = [*TINY_TRAIN, "--val_interval", "3", "--num_iterations", "6", "--rand_flip_prob", "0.5"]
@@ -65,7 +65,7 @@ def test_run_settings_are_written_next_to_the_outputs(two_runs: tuple[Path, Path
     assert resolved["device"] == "cpu"
     assert resolved["datalist"]["training"]  # the exact files trained on
     assert "network_def" not in resolved and "optimizer" not in resolved  # components stay text, in "config"
-    assert settings["config"]["network_def"]["_target_"] == "bundle.networks.PLGDFVNet"
+    assert settings["config"]["network_def"]["_target_"] == "bundle.method.networks.PLGDFVNet"
     assert "--num_iterations" in settings["argv"]
 
 

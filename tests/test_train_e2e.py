@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle.demo import generate_demo_dataset
+from bundle.data.demo import generate_demo_dataset
 from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, read_log, run_bundle
 
 pytestmark = pytest.mark.slow

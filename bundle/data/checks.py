@@ -86,7 +86,7 @@ class DataValidationError(ValueError):
 
 # -- readable errors on the command line ------------------------------------------------------------
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from bundle.handlers import CheckpointError, NonFiniteLossError
+    from bundle.engine.checkpoint import CheckpointError, NonFiniteLossError
 
     return DataValidationError, NonFiniteLossError, CheckpointError
 
@@ -115,8 +115,8 @@ def _excepthook(exc_type, exc, tb, previous) -> None:
 def install_error_hook() -> None:
     """Print the bundle's own errors readably when they end the process (idempotent).
 
-    :class:`DataValidationError`, :class:`bundle.handlers.NonFiniteLossError` and
-    :class:`bundle.handlers.CheckpointError` are printed as ``Type: message`` without a traceback (the message
+    :class:`DataValidationError`, :class:`bundle.engine.checkpoint.NonFiniteLossError` and
+    :class:`bundle.engine.checkpoint.CheckpointError` are printed as ``Type: message`` without a traceback (the message
     is the last line of stderr; set ``PLGDF_TRACEBACK=1`` for the traceback). Any other error keeps its full
     traceback, followed by its root cause when MONAI wrapped it (``Failed to evaluate ...``).
     """
@@ -199,7 +199,7 @@ def _sitk_affine(reader: Any) -> np.ndarray:
     affine = np.eye(4)
     affine[:3, :3] = direction * np.asarray(reader.GetSpacing(), dtype=np.float64)
     affine[:3, 3] = reader.GetOrigin()
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS, as bundle.transforms.SimpleITKVolumeReader
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS, as bundle.data.transforms.SimpleITKVolumeReader
 
 
 def _read(path: str, key: str, in_channels: int | None, label: bool, voxels: bool, h5_spacing: float):
@@ -349,7 +349,7 @@ def check_image_file(
         in_channels: channels the network expects from an image; ``None`` accepts any. Default 1.
         num_classes: number of classes a label may index; ``None`` skips the range check. Default None.
         check_voxels: read the voxel data (needed for truncation, NaN/Inf and label values). Default True.
-        h5_spacing: voxel size (mm) given to ``.h5`` volumes, as ``bundle.transforms.LoadVolumed``. Default 0.625.
+        h5_spacing: voxel size (mm) given to ``.h5`` volumes, as ``bundle.data.transforms.LoadVolumed``. Default 0.625.
 
     Returns:
         The :class:`VolumeInfo` of the file.
@@ -498,7 +498,7 @@ def _fmt(affine: np.ndarray) -> str:
 
 
 def _as_datalist(datalist: Any) -> tuple[dict[str, list], str | None]:
-    from bundle.datalist import load_datalist
+    from bundle.data.datalist import load_datalist
 
     if isinstance(datalist, Mapping):
         return {k: list(v or []) for k, v in datalist.items()}, None
@@ -533,12 +533,12 @@ def check_training_inputs(
     differing beyond ``1e-4 + 1e-3 * |value|``. Per data list: an empty labelled set; a labelled set smaller
     than ``labeled_batch_size``; a case used for training (labelled or unlabelled) that is also a validation
     or test case (a leak; same file). Not errors: an empty unlabelled set (training falls back to the
-    supervised loss with a warning, see ``bundle.data.unlabeled_stream``), and a volume smaller than
+    supervised loss with a warning, see ``bundle.data.samplers.unlabeled_stream``), and a volume smaller than
     ``patch_size`` at the training ``spacing`` (zero-padded by ``SpatialPadd``; a note names the file).
     ``test`` cases are only used for the leak check (their files are not opened).
 
     Args:
-        datalist: a data-list JSON path (see ``bundle.datalist``) or a mapping with the sections
+        datalist: a data-list JSON path (see ``bundle.data.datalist``) or a mapping with the sections
             ``training``, ``unlabeled``, ``validation``, ``test`` (missing sections are empty).
         num_classes: classes of the network; label values must lie in ``0..num_classes-1``.
         labeled_batch_size: labelled cases per batch. Default 1.
@@ -808,7 +808,7 @@ class CaseReport:
 
     Typical use from ``configs/inference.json``::
 
-        "report": {"_target_": "bundle.validation.CaseReport", "summary_file": "$@output_dir + '/summary.json'"}
+        "report": {"_target_": "bundle.data.checks.CaseReport", "summary_file": "$@output_dir + '/summary.json'"}
         "dataset#data": "$@report.filter(@datalist)"             # readable cases only; failures recorded
         "finalize": ["$@report.finish()"]                        # summary.json; exit status 1 on failures
 
@@ -905,7 +905,7 @@ class AtomicNibabelWriter(NibabelWriter):
     """``monai.data.NibabelWriter`` that writes ``<folder>/.<name>.tmp-<pid>.nii[.gz]`` and renames it to the
     target, so an existing output is never replaced by a partial file.
 
-    Use it as ``SaveImaged(..., writer="bundle.validation.AtomicNibabelWriter")``.
+    Use it as ``SaveImaged(..., writer="bundle.data.checks.AtomicNibabelWriter")``.
     """
 
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:

@@ -1,4 +1,4 @@
-"""Preparation of the paper's three datasets into data lists of the bundle's format (``bundle.datalist``).
+"""Preparation of the paper's three datasets into data lists of the bundle's format (``bundle.data.datalist``).
 
 - **LA** (2018 Atrial Segmentation Challenge, the UA-MT h5 release): used in place. Each case is
   ``<data_dir>/<ID>/mri_norm2.h5`` (datasets ``image``, z-scored, and ``label``; 0.625 mm isotropic, already
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from bundle.datalist import write_datalist
-from bundle.inference import atomic_nifti_save
+from bundle.data.datalist import write_datalist
+from bundle.inference.writers import atomic_nifti_save
 
 __all__ = [
     "read_list",
@@ -238,14 +238,14 @@ def _metatensor(array: np.ndarray, affine: np.ndarray, filename: str) -> MetaTen
 def read_dicom_series(folder: str | os.PathLike) -> MetaTensor:
     """The largest DICOM series found in ``folder`` (searched recursively), read with
     ``SimpleITK.ImageSeriesReader`` (slices sorted by position by GDCM) as a ``(1, X, Y, Z)`` MetaTensor with a
-    RAS affine (``bundle.transforms.SimpleITKVolumeReader``'s LPS -> RAS conversion).
+    RAS affine (``bundle.data.transforms.SimpleITKVolumeReader``'s LPS -> RAS conversion).
 
     Raises:
         FileNotFoundError: no DICOM series in ``folder``.
     """
     import SimpleITK as sitk
 
-    from bundle.transforms import SimpleITKVolumeReader
+    from bundle.data.transforms import SimpleITKVolumeReader
 
     folder = Path(folder)
     best: list[str] = []
@@ -270,7 +270,7 @@ def read_volume(path: str | os.PathLike) -> MetaTensor:
         return read_dicom_series(path)
     if not path.is_file():
         raise FileNotFoundError(f"volume not found: {path}")
-    from bundle.transforms import LoadVolumed
+    from bundle.data.transforms import LoadVolumed
 
     img = LoadVolumed("image", image_only=True)({"image": str(path)})["image"]
     if img.shape[0] != 1:
@@ -382,7 +382,7 @@ def _number(name: str) -> str | None:
 
 def _pancreas_cases(images: Path, labels: Path) -> dict[str, tuple[Path, Path]]:
     """``{pancreas_NNNN: (CT folder or file, label file)}`` matched by the last number in the names."""
-    from bundle.datalist import case_name
+    from bundle.data.datalist import case_name
 
     label_files = {}
     for f in sorted(labels.iterdir()):
@@ -525,7 +525,7 @@ def preprocess_brats_case(
     """
     from monai.transforms import SpatialCrop
 
-    from bundle.transforms import ScaleIntensityByModalityd
+    from bundle.data.transforms import ScaleIntensityByModalityd
 
     brain_mask = (brain > 0) if brain is not None else (flair > 0)
     for other, what in ((label, "label"), (brain_mask, "brain mask")):

@@ -138,11 +138,11 @@ class EndlessLoader:
 def resolve_datalist(datalist_file: str, demo_dir: str) -> str:
     """The datalist path to use; when it is the embedded demo's, generate the demo data first.
 
-    The demo dataset (``bundle.demo``) is created on first use and never committed.
+    The demo dataset (``bundle.data.demo``) is created on first use and never committed.
     """
     from pathlib import Path
 
-    from bundle.demo import ensure_demo_dataset
+    from bundle.data.demo import ensure_demo_dataset
 
     if Path(datalist_file).resolve() == (Path(demo_dir) / "datalist.json").resolve():
         return str(ensure_demo_dataset(demo_dir))
@@ -152,7 +152,7 @@ def resolve_datalist(datalist_file: str, demo_dir: str) -> str:
 def unlabeled_stream(
     dataset, batch_size: int = 2, seed: int = 0, num_workers: int = 0, enabled: bool = True
 ) -> EndlessLoader | None:
-    """The endless unlabelled stream for :class:`bundle.trainer.PLGDFTrainer`, or ``None``.
+    """The endless unlabelled stream for :class:`bundle.method.trainer.PLGDFTrainer`, or ``None``.
 
     ``None`` (the trainer then optimises L_sup alone) when ``enabled`` is False, or, with a warning,
     when the unlabelled set is empty: a documented fallback to supervised training, never a crash.

@@ -26,7 +26,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.transforms import Spacingd as _MonaiSpacingd
 
-from bundle.datalist import case_name, load_datalist
+from bundle.data.datalist import case_name, load_datalist
 
 __all__ = ["unlabeled_data", "images_without_label", "datalist_section", "TeacherFromStudent", "Spacingd"]
 
@@ -135,11 +135,11 @@ class TeacherFromStudent:
     MONAI Label (and any fine-tuning set-up) inserts a ``CheckpointLoader`` that loads ``model.pt`` into the student
     when the trainer starts, after the teacher was copied from the randomly initialised student. Without this, the
     teacher would average the pretrained student with random weights. A resumed run (iteration > 0 once
-    :class:`bundle.handlers.TrainingCheckpointer` restored it) keeps the teacher of its checkpoint; when this
+    :class:`bundle.engine.checkpoint.TrainingCheckpointer` restored it) keeps the teacher of its checkpoint; when this
     handler runs before the checkpointer, the checkpointer overwrites the teacher anyway.
 
     Args:
-        teacher: the :class:`bundle.teacher.EMATeacher`.
+        teacher: the :class:`bundle.method.teacher.EMATeacher`.
         network: the student (possibly DDP-wrapped).
     """
 
@@ -153,7 +153,7 @@ class TeacherFromStudent:
     def __call__(self, engine: Engine) -> None:
         if self.teacher is None or engine.state.iteration > 0:
             return
-        from bundle.teacher import unwrap_model
+        from bundle.method.teacher import unwrap_model
 
         self.teacher.load_state_dict(unwrap_model(self.network).state_dict())
 

@@ -308,7 +308,7 @@ class TrainingCheckpointer:
 
     Args:
         output_dir: folder of ``checkpoint_last.pt``, ``checkpoint_best.pt``, ``checkpoint_iter_<N>.pt``.
-        network: the student; ``teacher``: the :class:`bundle.teacher.EMATeacher` (or None).
+        network: the student; ``teacher``: the :class:`bundle.method.teacher.EMATeacher` (or None).
         optimizer, lr_scheduler: saved and restored (scheduler may be None).
         unlabeled_loader: object with ``state_dict``/``load_state_dict`` (the stream position), or None.
         model_file: where the flat student state_dict for inference goes. Defaults to None (not written).

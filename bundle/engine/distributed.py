@@ -8,7 +8,7 @@ The bundle trains with ``torchrun --nproc_per_node=N -m monai.bundle run --confi
   warnings only;
 - the student is wrapped in ``DistributedDataParallel`` (gradients all-reduced, parameters and BatchNorm
   buffers broadcast from rank 0 before every forward pass); the EMA teacher copies the unwrapped module;
-- the labelled and unlabelled loaders use :class:`bundle.data.RepeatedShuffleSampler`, a ``DistributedSampler``
+- the labelled and unlabelled loaders use :class:`bundle.data.samplers.RepeatedShuffleSampler`, a ``DistributedSampler``
   that reads the rank and world size of the initialised group: each rank draws its own share of one common
   seeded permutation (MONAI's workflow calls ``set_epoch`` on the labelled sampler every engine epoch; the
   unlabelled stream calls it every pass);
@@ -172,7 +172,7 @@ class BroadcastBuffers:
     Does nothing when the process group is not initialised or has one process.
 
     Args:
-        network: an :class:`bundle.teacher.EMATeacher` (its ``model``), a DDP-wrapped or a plain module.
+        network: an :class:`bundle.method.teacher.EMATeacher` (its ``model``), a DDP-wrapped or a plain module.
         event: name of the Ignite event. Defaults to ``"ITERATION_COMPLETED"``.
     """
 

@@ -41,7 +41,7 @@ def _pyplot() -> Any:
         import matplotlib
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "bundle.visualize needs matplotlib: `pip install matplotlib` (or the bundle's `plot` extra, "
+            "bundle.evaluation.figures needs matplotlib: `pip install matplotlib` (or the bundle's `plot` extra, "
             "`pip install -e .[plot]`)."
         ) from err
     matplotlib.use("Agg", force=True)

@@ -1,6 +1,6 @@
 """Evaluation of binary segmentations with the paper's metrics, and its reports and pictures.
 
-Per case: Dice, Jaccard, 95HD and ASD (``bundle.metrics.case_metrics``: medpy's definitions, 95HD pooled over both
+Per case: Dice, Jaccard, 95HD and ASD (``bundle.evaluation.metrics.case_metrics``: medpy's definitions, 95HD pooled over both
 directions, ASD prediction -> reference) in voxels and in millimetres. Foreground is every non-zero label of
 both the prediction and the reference (the paper's tasks are binary; BraTS whole tumour = label > 0).
 
@@ -17,11 +17,11 @@ Outputs of :class:`EvaluationReport` in ``output_dir``:
   run description (checkpoint, inferer, ...);
 - ``summary.md``: the same as markdown tables (summary, then per case);
 - ``cases/<case>.png``: axial / coronal / sagittal slices through the reference centre, reference boundary red,
-  prediction boundary green (``bundle.visualize.case_figure``); ``overview.png``: one axial slice per case.
+  prediction boundary green (``bundle.evaluation.figures.case_figure``); ``overview.png``: one axial slice per case.
 
 :class:`EvaluationHandler` feeds the report from a MONAI evaluator (``configs/evaluate.json``);
 :func:`evaluate_checkpoint` runs that config for a checkpoint on LA h5 cases or a NIfTI data list
-(``scripts/evaluate.py``).
+(``python -m scripts.evaluate``).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 from ignite.engine import Engine, Events
 
-from bundle.inference import spacing_from_affine
-from bundle.metrics import EMPTY_POLICIES, EMPTY_POLICY, METRIC_KEYS, case_metrics, summarize
+from bundle.evaluation.metrics import EMPTY_POLICIES, EMPTY_POLICY, METRIC_KEYS, case_metrics, summarize
+from bundle.inference.writers import spacing_from_affine
 
 __all__ = [
     "EMPTY_POLICY_TEXT",
@@ -106,7 +106,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _centre_slice(ref: np.ndarray, pred: np.ndarray) -> int:
-    """The axial index ``bundle.visualize`` draws: the rounded reference centroid (else prediction, else middle)."""
+    """The axial index ``bundle.evaluation.figures`` draws: the rounded reference centroid (else prediction, else middle)."""
     for mask in (ref, pred):
         if mask.any():
             return int(round(float(np.nonzero(mask)[2].mean())))
@@ -198,7 +198,7 @@ class EvaluationReport:
             if img.shape != p.shape:
                 raise ValueError(f"case {case_id}: image shape {img.shape} differs from the masks' {p.shape}.")
             if self.figures:
-                from bundle.visualize import case_figure
+                from bundle.evaluation.figures import case_figure
 
                 title = f"{case_id}  Dice {row['dice']:.3f}" + ("  (empty prediction)" if row["pred_empty"] else "")
                 case_figure(
@@ -214,7 +214,7 @@ class EvaluationReport:
         return row
 
     def summary(self) -> dict[str, Any]:
-        """Mean / std / median / n per metric (``bundle.metrics.summarize``), empty-prediction count and policy."""
+        """Mean / std / median / n per metric (``bundle.evaluation.metrics.summarize``), empty-prediction count and policy."""
         stats = summarize(self.rows)
         return {
             "n_cases": stats.pop("n_cases"),
@@ -237,7 +237,7 @@ class EvaluationReport:
         _atomic_text(self.output_dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
         _atomic_text(self.output_dir / "summary.md", self.markdown(summary))
         if self.overview and self._slices:
-            from bundle.visualize import overview_figure
+            from bundle.evaluation.figures import overview_figure
 
             overview_figure(self._slices, self.output_dir / "overview.png", spacing=self._spacing)
         return summary
@@ -350,7 +350,7 @@ class EvaluationHandler:
 
     def _load(self, path: str, key: str) -> Any:
         if self._loader is None:
-            from bundle.transforms import LoadVolumed
+            from bundle.data.transforms import LoadVolumed
 
             self._loader = LoadVolumed(["image", "label"], image_only=True, h5_spacing=self.h5_spacing)
         return self._loader({key: path})[key]
@@ -423,7 +423,7 @@ def paper_stride(roi_size: Sequence[int]) -> tuple[int, ...]:
 
 
 def describe_inferer(inferer: Any) -> dict[str, Any]:
-    """A JSON-able description of an inference protocol (``bundle.inference.ProbabilityInferer`` or any inferer)."""
+    """A JSON-able description of an inference protocol (``bundle.inference.writers.ProbabilityInferer`` or any inferer)."""
     desc: dict[str, Any] = {}
     inner = getattr(inferer, "inferer", inferer)
     if inner is not inferer:
@@ -498,8 +498,8 @@ def evaluate_checkpoint(
     """
     from monai.bundle import ConfigWorkflow
 
-    from bundle.handlers import safe_load
-    from bundle.prepare import la_entries
+    from bundle.data.prepare import la_entries
+    from bundle.engine.checkpoint import safe_load
 
     root = Path(bundle_root) if bundle_root is not None else Path(__file__).resolve().parents[1]
     out = Path(output_dir).resolve()
@@ -517,7 +517,7 @@ def evaluate_checkpoint(
     if la_dir is not None:
         if la_list is None:
             raise ValueError("an LA folder needs a list file (one case ID per line).")
-        from bundle.datalist import write_datalist
+        from bundle.data.datalist import write_datalist
 
         entries = la_entries(la_dir, la_list)
         data_file = write_datalist({"test": entries}, out / "cases.json")
@@ -559,7 +559,7 @@ def evaluate_checkpoint(
         if stride is not None:
             params["sw_stride"] = [int(s) for s in stride]
         else:
-            params["sw_stride"] = "$bundle.evaluation.paper_stride(@sw_roi_size)"
+            params["sw_stride"] = "$bundle.evaluation.report.paper_stride(@sw_roi_size)"
     else:
         params.update(window_inferer="@sliding_window_inferer", tta=bool(tta), keep_largest_cc=bool(keep_largest_cc))
         if overlap is not None:

@@ -27,8 +27,8 @@ from monai.inferers import Inferer
 from monai.transforms import MapTransform, SaveImaged
 from monai.utils.type_conversion import convert_to_dst_type
 
-from bundle.datalist import SECTIONS, SUPPORTED_SUFFIXES, case_name, load_datalist
-from bundle.inferers import StridedSlidingWindowInferer
+from bundle.data.datalist import SECTIONS, SUPPORTED_SUFFIXES, case_name, load_datalist
+from bundle.inference.inferers import StridedSlidingWindowInferer
 
 __all__ = [
     "list_inputs",
@@ -149,7 +149,7 @@ class ProbabilityInferer(Inferer):
         P(x) = \\frac{1}{|F|} \\sum_{f \\in F} f^{-1}\\left(\\mathrm{softmax}_c\\, I(f(x))\\right),
 
     where ``I`` is the inner inferer (``softmax`` is skipped when it already returns probabilities, as
-    :class:`bundle.inferers.StridedSlidingWindowInferer` does). Flips are their own inverse.
+    :class:`bundle.inference.inferers.StridedSlidingWindowInferer` does). Flips are their own inverse.
 
     Args:
         inferer: the inner inferer, e.g. ``monai.inferers.SlidingWindowInferer`` (logits) or

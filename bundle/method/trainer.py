@@ -25,10 +25,10 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from bundle.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss
-from bundle.mix import MixModule, add_noise
-from bundle.rampup import ConsistencyRampUp
-from bundle.teacher import EMATeacher
+from bundle.method.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss
+from bundle.method.mix import MixModule, add_noise
+from bundle.method.rampup import ConsistencyRampUp
+from bundle.method.teacher import EMATeacher
 
 __all__ = ["PLGDFTrainer"]
 
@@ -44,10 +44,10 @@ class PLGDFTrainer(SupervisedTrainer):
         device: device of the run.
         max_epochs: number of engine epochs; one epoch is ``epoch_length`` iterations.
         train_data_loader: labelled loader (``image``, ``label``); it drives the epochs.
-        network: the student (:class:`bundle.networks.PLGDFVNet`, possibly DDP-wrapped).
+        network: the student (:class:`bundle.method.networks.PLGDFVNet`, possibly DDP-wrapped).
         optimizer: the student's optimizer.
         unlabeled_loader: endless iterable of unlabelled batches (``image``), e.g.
-            :class:`bundle.data.EndlessLoader`. ``None`` (or ``semi=False``) trains on L_sup alone.
+            :class:`bundle.data.samplers.EndlessLoader`. ``None`` (or ``semi=False``) trains on L_sup alone.
         teacher: the EMA teacher; required when any unlabelled term is on.
         sup_loss: L_sup / L_semi module. Defaults to ``PyramidSupervisedLoss()``.
         consistency_loss: L_consis module. Defaults to ``PyramidConsistencyLoss()``.
@@ -61,7 +61,7 @@ class PLGDFTrainer(SupervisedTrainer):
         amp: autocast on CUDA (ignored on CPU). ``amp_dtype``: "bfloat16" or "float16" (with a GradScaler).
         cpu_amp: bfloat16 autocast on CPU (a numerics change, off by default; fast only on CPUs with native bf16
             instructions such as AVX512-BF16 or AMX, slower than fp32 elsewhere: measure with
-            ``scripts/bench_speed.py --precision bf16``).
+            ``python -m scripts.bench_speed --precision bf16``).
         channels_last: run the networks in ``torch.channels_last_3d`` memory format.
         epoch_length, non_blocking, train_handlers, key_train_metric, postprocessing: as in SupervisedTrainer.
     """

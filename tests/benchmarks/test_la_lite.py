@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, TINY_TRAIN
 
-from bundle import la_lite
+from benchmarks import la_lite
 
 IDS = ["CASE_A", "CASE_B", "CASE_C", "CASE_D", "CASE_E"]
 
@@ -124,8 +124,7 @@ def test_parse_overrides():
 
 
 def test_train_without_prepare_is_a_clear_error(tmp_path, capsys):
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    import la_lite as cli  # scripts/la_lite.py
+    from scripts import la_lite as cli
 
     rc = cli.main(["train", "--arm", "plgdf-8", "--run-root", str(tmp_path / "run")])
     assert rc == 2 and "run the prepare step first" in capsys.readouterr().err

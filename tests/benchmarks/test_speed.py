@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, bundle_env
 
-from bundle import speed
-from bundle.inferers import count_windows
+from benchmarks import speed
+from bundle.inference.inferers import count_windows
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +65,8 @@ def test_inference_benchmark_counts_windows():
 
 
 def test_data_benchmark_on_demo_cases(tmp_path):
-    from bundle.datalist import load_datalist
-    from bundle.demo import generate_demo_dataset
+    from bundle.data.datalist import load_datalist
+    from bundle.data.demo import generate_demo_dataset
 
     data = load_datalist(generate_demo_dataset(tmp_path, n_labelled=2, n_unlabelled=0, n_val=0, n_test=0))
     out = speed.bench_data(data["training"], [str(REPO_ROOT / "configs" / "train.json")], samples=2)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from bundle.inferers import count_windows
-from bundle.window_study import WINDOW_SETTINGS, build_inferer, compare_windows, markdown
+from benchmarks.window_study import WINDOW_SETTINGS, build_inferer, compare_windows, markdown
+from bundle.inference.inferers import count_windows
 
 
 class ThresholdNet(torch.nn.Module):

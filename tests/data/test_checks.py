@@ -1,4 +1,4 @@
-"""Tests of bundle/validation.py: one test per bad input (error type and the file named in the message), the
+"""Tests of bundle/data/checks.py: one test per bad input (error type and the file named in the message), the
 readable command-line error, the empty-unlabelled fallback, and the inference-side pieces (per-case failures,
 summary, exit status, atomic output files)."""
 
@@ -19,11 +19,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from bundle.data import unlabeled_stream
-from bundle.datalist import load_datalist
-from bundle.demo import generate_demo_dataset
-from bundle.handlers import CheckpointError, NonFiniteLossError
-from bundle.validation import (
+from bundle.data.checks import (
     AtomicNibabelWriter,
     CaseReport,
     DataValidationError,
@@ -33,6 +29,10 @@ from bundle.validation import (
     find_leaks,
     run_cases,
 )
+from bundle.data.datalist import load_datalist
+from bundle.data.demo import generate_demo_dataset
+from bundle.data.samplers import unlabeled_stream
+from bundle.engine.checkpoint import CheckpointError, NonFiniteLossError
 from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, run_bundle
 
 SHAPE = (12, 10, 8)
@@ -413,7 +413,7 @@ def test_atomic_writer_never_leaves_a_partial_output(tmp_path: Path, monkeypatch
     save = SaveImage(
         output_dir=tmp_path / "out",
         output_postfix="seg",
-        writer="bundle.validation.AtomicNibabelWriter",
+        writer="bundle.data.checks.AtomicNibabelWriter",
         separate_folder=True,
         print_log=False,
     )

@@ -1,4 +1,4 @@
-"""Tests of bundle/datalist.py: loading/validation, building from a folder layout, seeded splits, errors."""
+"""Tests of bundle/data/datalist.py: loading/validation, building from a folder layout, seeded splits, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle.datalist import build_datalist, case_name, load_datalist
+from bundle.data.datalist import build_datalist, case_name, load_datalist
 
 SECTIONS = ("training", "unlabeled", "validation", "test")
 

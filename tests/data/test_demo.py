@@ -1,4 +1,4 @@
-"""Tests of bundle/demo.py: determinism, size, geometry, content, and the preprocessing round trip."""
+"""Tests of bundle/data/demo.py: determinism, size, geometry, content, and the preprocessing round trip."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from monai.transforms import Compose, Invertd
 from scipy import ndimage
 
-from bundle.datalist import load_datalist
-from bundle.demo import ensure_demo_dataset, generate_demo_dataset
-from bundle.transforms import preprocessing_transforms
+from bundle.data.datalist import load_datalist
+from bundle.data.demo import ensure_demo_dataset, generate_demo_dataset
+from bundle.data.transforms import preprocessing_transforms
 
 TINY = dict(n_labelled=1, n_unlabelled=1, n_val=1, n_test=1, shape=(24, 24, 8), spacing=(1.5, 1.5, 4.0))
 

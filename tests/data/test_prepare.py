@@ -1,4 +1,4 @@
-"""Tests of bundle.prepare and the scripts/prepare_*.py commands: LA lists, Pancreas-CT (DICOM), BraTS FLAIR."""
+"""Tests of bundle.data.prepare and the scripts/prepare_*.py commands: LA lists, Pancreas-CT (DICOM), BraTS FLAIR."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from bundle.datalist import load_datalist
-from bundle.prepare import (
+from bundle.data.datalist import load_datalist
+from bundle.data.prepare import (
     find_brats_cases,
     la_entries,
     prepare_brats,
@@ -95,7 +95,7 @@ def test_prepare_la_shared_split(tmp_path, n_labelled):
     ids = read_list(root / "train.list")
     out = tmp_path / "la.json"
     if n_labelled == 8:  # the command once, the function for the other budgets
-        cmd = [sys.executable, "scripts/prepare_la.py", "--data-dir", str(root), "--out", str(out), "--n-val", "8"]
+        cmd = [sys.executable, "-m", "scripts.prepare_la", "--data-dir", str(root), "--out", str(out), "--n-val", "8"]
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
     else:
@@ -219,7 +219,8 @@ def test_prepare_brats_shared(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            "scripts/prepare_brats.py",
+            "-m",
+            "scripts.prepare_brats",
             "--src",
             str(src),
             "--out",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from bundle.data import EndlessLoader, RepeatedShuffleSampler, unlabeled_stream
+from bundle.data.samplers import EndlessLoader, RepeatedShuffleSampler, unlabeled_stream
 
 
 def test_repeated_shuffle_sampler_len_and_coverage():

@@ -1,4 +1,4 @@
-"""Tests of bundle/transforms.py on tiny synthetic volumes, plus real-data checks (skipped without ../shared/data)."""
+"""Tests of bundle/data/transforms.py on tiny synthetic volumes, plus real-data checks (skipped without ../shared/data)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from bundle.transforms import (
+from bundle.data.transforms import (
     AboveThreshold,
     LoadVolumed,
     ScaleIntensityByModalityd,

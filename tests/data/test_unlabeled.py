@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine
 
-from bundle.demo import generate_demo_dataset
-from bundle.monailabel import TeacherFromStudent, images_without_label, unlabeled_data
-from bundle.teacher import EMATeacher
+from bundle.data.demo import generate_demo_dataset
+from bundle.data.unlabeled import TeacherFromStudent, images_without_label, unlabeled_data
+from bundle.method.teacher import EMATeacher
 
 
 def _touch(path: Path) -> str:
@@ -49,7 +49,7 @@ def test_unlabeled_data_uses_the_datalist_for_its_own_cases(tmp_path):
     datalist_file = generate_demo_dataset(
         tmp_path / "demo", n_labelled=2, n_unlabelled=2, n_val=1, n_test=0, shape=(16, 16, 8)
     )
-    from bundle.datalist import load_datalist
+    from bundle.data.datalist import load_datalist
 
     datalist = load_datalist(datalist_file)
     got = unlabeled_data(datalist["training"][:1], datalist_file, datalist["validation"])
@@ -81,7 +81,7 @@ def test_teacher_from_student_on_fresh_start_only():
 def test_spacingd_keeps_monailabel_image_path(tmp_path):
     from monai.transforms import Compose, Invertd, LoadImaged
 
-    from bundle.monailabel import Spacingd
+    from bundle.data.unlabeled import Spacingd
 
     generate_demo_dataset(tmp_path, n_labelled=1, n_unlabelled=0, n_val=0, n_test=0, shape=(24, 24, 8))
     image = str(tmp_path / "imagesTr" / "demo_000.nii.gz")
@@ -95,7 +95,7 @@ def test_spacingd_keeps_monailabel_image_path(tmp_path):
 
 
 def test_datalist_section_never_generates(tmp_path):
-    from bundle.monailabel import datalist_section
+    from bundle.data.unlabeled import datalist_section
 
     missing = tmp_path / "demo" / "datalist.json"
     assert datalist_section(missing, "test") == []

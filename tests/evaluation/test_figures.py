@@ -1,4 +1,4 @@
-"""Tests of bundle.visualize: figures are written, with the red/green boundaries where expected."""
+"""Tests of bundle.evaluation.figures: figures are written, with the red/green boundaries where expected."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from bundle.visualize import case_figure, learning_curves, overview_figure, read_run_log, training_curves  # noqa: E402
+from bundle.evaluation.figures import (  # noqa: E402
+    case_figure,
+    learning_curves,
+    overview_figure,
+    read_run_log,
+    training_curves,
+)
 
 
 def _read_png(path) -> np.ndarray:

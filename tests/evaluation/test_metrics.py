@@ -1,4 +1,4 @@
-"""Tests of bundle.metrics: hand-computed tiny masks, agreement with medpy (random and real masks), empty policy."""
+"""Tests of bundle.evaluation.metrics: hand-computed tiny masks, agreement with medpy (random and real masks), empty policy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_erosion, gaussian_filter
 
-from bundle.metrics import (
+from bundle.evaluation.metrics import (
     EMPTY_POLICY,
     METRIC_KEYS,
     asd,

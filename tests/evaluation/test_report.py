@@ -1,4 +1,4 @@
-"""Tests of bundle.evaluation: reports on known masks, the empty-prediction policy, padding removal, protocols."""
+"""Tests of bundle.evaluation.report: reports on known masks, the empty-prediction policy, padding removal, protocols."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import SpatialPadd
 
-from bundle.evaluation import EvaluationReport, describe_inferer, paper_stride, strip_padding
-from bundle.inference import ProbabilityInferer
-from bundle.inferers import StridedSlidingWindowInferer
-from bundle.metrics import METRIC_KEYS, case_metrics, summarize
+from bundle.evaluation.metrics import METRIC_KEYS, case_metrics, summarize
+from bundle.evaluation.report import EvaluationReport, describe_inferer, paper_stride, strip_padding
+from bundle.inference.inferers import StridedSlidingWindowInferer
+from bundle.inference.writers import ProbabilityInferer
 
 
 def _ball(shape, centre, radius):
@@ -147,9 +147,9 @@ def test_evaluate_checkpoint_on_la_h5_cases(tmp_path):
     """LA h5 cases + a list file, resampled by 0.5 (0.625 -> 1.25 mm), the paper protocol, model-space metrics."""
     import h5py
 
-    from bundle.evaluation import evaluate_checkpoint
-    from bundle.networks import PLGDFVNet
-    from bundle.transforms import LoadVolumed
+    from bundle.data.transforms import LoadVolumed
+    from bundle.evaluation.report import evaluate_checkpoint
+    from bundle.method.networks import PLGDFVNet
 
     shape = (40, 36, 24)
     ids = ["CASE_A", "CASE_B"]

@@ -21,10 +21,10 @@ from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from scipy import ndimage
 
-from bundle.demo import generate_demo_dataset
-from bundle.inference import KeepLargestComponentd, ProbabilityInferer, SaveMaskd, list_inputs, output_path
-from bundle.inferers import StridedSlidingWindowInferer
-from bundle.metrics import case_metrics
+from bundle.data.demo import generate_demo_dataset
+from bundle.evaluation.metrics import case_metrics
+from bundle.inference.inferers import StridedSlidingWindowInferer
+from bundle.inference.writers import KeepLargestComponentd, ProbabilityInferer, SaveMaskd, list_inputs, output_path
 from tests.conftest import REPO_ROOT, run_bundle, shared_path
 
 
@@ -214,7 +214,7 @@ def test_inference_preprocessing_matches_training():
     assert (val["roi_size"], val["overlap"], val["mode"]) == ("@patch_size", "@sw_overlap", "@sw_mode")
     ignore = {"select_fn", "track_meta"}  # a picklable AboveThreshold for the lambda; meta kept for Invertd
 
-    def norm(x: dict) -> dict:  # drop-in subclasses (e.g. bundle.monailabel.Spacingd) count as the MONAI class
+    def norm(x: dict) -> dict:  # drop-in subclasses (e.g. bundle.data.unlabeled.Spacingd) count as the MONAI class
         return {k: (v.rsplit(".", 1)[-1] if k == "_target_" else v) for k, v in x.items() if k not in ignore}
 
     for t, i in zip(train["preprocessing"], infer["preprocessing"]["transforms"], strict=True):
@@ -374,7 +374,8 @@ def test_evaluate_cli_reports_match_metrics(trained):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
         sys.executable,
-        "scripts/evaluate.py",
+        "-m",
+        "scripts.evaluate",
         "--checkpoint",
         str(model),
         "--datalist",

@@ -1,4 +1,4 @@
-"""Tests of bundle.inferers: the paper's strided sliding window (UA-MT / MC-Net ``test_single_case``)."""
+"""Tests of bundle.inference.inferers: the paper's strided sliding window (UA-MT / MC-Net ``test_single_case``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.inferers import Inferer
 
-from bundle.inferers import StridedSlidingWindowInferer, count_windows, window_starts
+from bundle.inference.inferers import StridedSlidingWindowInferer, count_windows, window_starts
 
 
 def _reference_loop(net, image: np.ndarray, patch: tuple[int, int, int], stride: tuple[int, int, int]) -> np.ndarray:
@@ -143,7 +143,7 @@ def test_bad_network_outputs_raise():
 
 
 def test_with_the_bundle_network_in_eval_mode():
-    from bundle.networks import PLGDFVNet
+    from bundle.method.networks import PLGDFVNet
 
     torch.manual_seed(0)
     net = PLGDFVNet(n_filters=2).eval()

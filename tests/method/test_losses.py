@@ -1,4 +1,4 @@
-"""Tests of bundle.losses against hand-computed values and the authors' reference test vectors."""
+"""Tests of bundle.method.losses against hand-computed values and the authors' reference test vectors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss, one_hot, soft_dice_loss
-from bundle.rampup import ConsistencyRampUp
+from bundle.method.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss, one_hot, soft_dice_loss
+from bundle.method.rampup import ConsistencyRampUp
 
 try:
     from tests.conftest import SHARED_FIXTURES

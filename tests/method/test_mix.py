@@ -1,11 +1,11 @@
-"""Tests of bundle.mix: bounded noise and the Mix module."""
+"""Tests of bundle.method.mix: bounded noise and the Mix module."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bundle.mix import MixModule, add_noise
+from bundle.method.mix import MixModule, add_noise
 
 
 def test_noise_bounds_and_std():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundle.networks import PLGDFVNet, count_parameters
+from bundle.method.networks import PLGDFVNet, count_parameters
 
 
 def _expected_parameters(cin: int, ncls: int, f: int) -> int:

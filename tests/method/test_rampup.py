@@ -1,4 +1,4 @@
-"""Tests of bundle.rampup.ConsistencyRampUp."""
+"""Tests of bundle.method.rampup.ConsistencyRampUp."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bundle.rampup import ConsistencyRampUp
+from bundle.method.rampup import ConsistencyRampUp
 
 try:
     from tests.conftest import SHARED_FIXTURES

@@ -1,4 +1,4 @@
-"""Tests of bundle.teacher.EMATeacher: EMA by hand, pseudo-labels from a stub network, gradient isolation."""
+"""Tests of bundle.method.teacher.EMATeacher: EMA by hand, pseudo-labels from a stub network, gradient isolation."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bundle.losses import PyramidSupervisedLoss
-from bundle.networks import PLGDFVNet
-from bundle.teacher import EMATeacher, unwrap_model
+from bundle.method.losses import PyramidSupervisedLoss
+from bundle.method.networks import PLGDFVNet
+from bundle.method.teacher import EMATeacher, unwrap_model
 
 
 def tiny_net(weight: float, bias: float, mean: float, var: float, tracked: int) -> nn.Module:

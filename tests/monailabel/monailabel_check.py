@@ -1,4 +1,4 @@
-"""End-to-end check of the bundle in MONAI Label's ``monaibundle`` app; run by ``scripts/monailabel_check.sh``.
+"""End-to-end check of the bundle in MONAI Label's ``monaibundle`` app; run by ``tests/monailabel/monailabel_check.sh``.
 
 Inside the MONAI Label environment it: copies the monaibundle app out of the installed package (``monailabel apps
 --download``, offline), copies the bundle to ``<work>/bundles/<name>`` with tiny training settings and links it into
@@ -109,7 +109,7 @@ def copy_bundle(repo: Path, dest: Path) -> None:
 
 def make_studies(work: Path) -> tuple[Path, Path, list[str], list[str]]:
     """Demo cases as a MONAI Label datastore: images in ``studies/``, final labels in ``studies/labels/final/``."""
-    from bundle.demo import generate_demo_dataset
+    from bundle.data.demo import generate_demo_dataset
 
     demo = work / "demo"
     if demo.exists():
@@ -147,7 +147,6 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     check = Check()
-    sys.path.insert(0, str(repo))
 
     import monailabel
     import nibabel as nib

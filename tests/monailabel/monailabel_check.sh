@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check of the bundle in MONAI Label 0.8.5 (monaibundle app): a real server on 127.0.0.1 with demo
-# studies, then /info, /infer and /train over HTTP (scripts/monailabel_check.py does the checks).
+# studies, then /info, /infer and /train over HTTP (tests/monailabel/monailabel_check.py does the checks).
 #
-# Usage: bash scripts/monailabel_check.sh
+# Usage: bash tests/monailabel/monailabel_check.sh
 # Environment:
 #   PLGDF_MONAILABEL_VENV  the separate environment (default: <repo>/.venv-monailabel; created when missing)
 #   PLGDF_MONAILABEL_WORK  working folder for the app, studies and bundle copy (default: a new temporary folder)
@@ -13,7 +13,7 @@
 # of torch 2.14.1 (not with torch+cpu). First run: about 8 minutes of installs; later runs reuse it.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${PLGDF_MONAILABEL_VENV:-$REPO/.venv-monailabel}"
 PY_VERSION_OK='import sys; sys.exit(0 if sys.version_info[:2] >= (3, 10) else 1)'
 START=$(date +%s)
@@ -39,7 +39,7 @@ log "working folder $WORK"
 
 set +e
 PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" \
-  "$VENV/bin/python" "$REPO/scripts/monailabel_check.py" --repo "$REPO" --work "$WORK"
+  PYTHONPATH="$REPO" "$VENV/bin/python" "$REPO/tests/monailabel/monailabel_check.py" --repo "$REPO" --work "$WORK"
 rc=$?
 set -e
 if [ "$rc" -eq 0 ] && [ "${PLGDF_MONAILABEL_KEEP:-0}" != "1" ] && [ -z "${PLGDF_MONAILABEL_WORK:-}" ]; then

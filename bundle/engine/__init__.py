@@ -1,0 +1,1 @@
+"""Engine plumbing: errors, atomic files and checkpoints, RNG state, run settings and distributed helpers."""

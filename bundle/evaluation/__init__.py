@@ -1,0 +1,1 @@
+"""Evaluation: segmentation metrics, per-case reports, checkpoint evaluation and figures."""

@@ -1,0 +1,1 @@
+"""Inference: input lists, inferers, post-processing, mask writers and per-case bookkeeping."""
