@@ -187,7 +187,7 @@ def evaluate_arm(
     Reports go to ``<run_root>/<arm>/eval_<name>_<last|best>[_paper]``, each with ``timing.json`` (wall seconds per
     case, loading included); returns ``{"last": summary, "best": summary}``.
     """
-    from bundle.evaluation.report import evaluate_checkpoint
+    from bundle.evaluation.evaluate import evaluate_checkpoint
 
     run_dir = Path(run_root) / arm
     la_list = la_list or Path(run_root) / "data" / "validation.list"
@@ -265,7 +265,7 @@ def validation_curve(run_dir: str | os.PathLike) -> list[tuple[int, float]]:
     from bundle.evaluation.figures import read_run_log
 
     series = read_run_log(Path(run_dir) / "log.jsonl")
-    if "val_dice" not in series:  # the key bundle.engine.checkpoint.LossMonitor writes after each validation
+    if "val_dice" not in series:  # the key bundle.handlers.run_log.ValidationLog writes
         raise ValueError(f"{run_dir}/log.jsonl has no validation Dice (keys: {sorted(series)}).")
     return [(int(i), float(v)) for i, v in series["val_dice"]]
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import zoom

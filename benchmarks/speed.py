@@ -1,10 +1,11 @@
-"""Speed and memory of training, inference and the data pipeline (``python -m scripts.bench_speed``, docs/performance.md).
+"""Speed and memory of training, inference and the data pipeline (``python -m scripts.bench_speed``,
+docs/performance.md).
 
 Every figure is a median over repeats after warm-up, and every ratio compares two things measured in the same
 process, interleaved round by round, so a busy machine slows both sides alike.
 
-- :func:`bench_training`: one real :class:`bundle.method.trainer.PLGDFTrainer` iteration (its own ``_iteration``, synthetic
-  batches), broken down into teacher forward / student forward / losses / backward / optimizer+EMA / the rest
+- :func:`bench_training`: one real :class:`bundle.method.trainer.PLGDFTrainer` iteration (its own ``_iteration``,
+  synthetic batches), broken down into teacher forward / student forward / losses / backward / optimizer+EMA / the rest
   (noise, mix, copies), against the *bare network work* it contains: the student's forward+backward on its
   ``labelled + (K + 1) * unlabelled`` rows (8 for batch 2+2, K=2) plus the teacher's no-grad forward on
   ``K * unlabelled`` rows (4), timed on separate network copies in the default memory layout fp32 (the authors'
@@ -147,7 +148,7 @@ def build_trainer(
         n_copies=n_copies,
         amp=amp,
         amp_dtype=amp_dtype,
-        cpu_amp=amp and device.type == "cpu",
+        amp_cpu=amp and device.type == "cpu",
         channels_last=channels_last,
     )
     trainer.state.device = device
@@ -312,7 +313,7 @@ def bench_inference(
     """Seconds per volume of the paper's strided window and of the bundle's ``SlidingWindowInferer``.
 
     Args:
-        stride: the paper protocol's stride; default :func:`bundle.evaluation.report.paper_stride` of ``roi_size``, or
+        stride: the paper protocol's stride; default :func:`bundle.evaluation.evaluate.paper_stride` of ``roi_size``, or
             ``roi // 4`` for windows the paper does not define.
         overlap, mode, sw_batch_size: the bundle default (``configs/inference.json``: 0.5, gaussian, 4).
         repeats / paper_repeats: timed runs of the default / paper protocol, after one warm-up run of the default
@@ -320,7 +321,7 @@ def bench_inference(
     """
     from monai.inferers import SlidingWindowInferer
 
-    from bundle.evaluation.report import PAPER_STRIDES
+    from bundle.evaluation.evaluate import PAPER_STRIDES
     from bundle.inference.inferers import StridedSlidingWindowInferer
 
     device = torch.device(device)

@@ -8,7 +8,7 @@ A setting is a dict:
 
 - ``{"overlap": 0.5, "mode": "gaussian"}``: MONAI ``SlidingWindowInferer`` (the bundle default), optionally
   ``"roi": [h, w, d]`` (a window other than the training patch; sizes divisible by 16) and ``"tta": [[0], ...]``
-  (flip test-time augmentation, :class:`bundle.inference.writers.ProbabilityInferer`);
+  (flip test-time augmentation, :class:`bundle.inference.inferers.ProbabilityInferer`);
 - ``{"stride": [9, 9, 2]}``: the paper's exact-stride window with uniform averaging
   (:class:`bundle.inference.inferers.StridedSlidingWindowInferer`).
 
@@ -46,8 +46,7 @@ def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batc
     """The inferer of one setting: probabilities ``(B, C, H, W, D)`` from a network returning logits."""
     from monai.inferers import SlidingWindowInferer
 
-    from bundle.inference.inferers import StridedSlidingWindowInferer
-    from bundle.inference.writers import ProbabilityInferer
+    from bundle.inference.inferers import ProbabilityInferer, StridedSlidingWindowInferer
 
     unknown = set(setting) - _KEYS
     if unknown:
@@ -103,7 +102,7 @@ def compare_windows(
     """
     from monai.bundle import ConfigParser
 
-    from bundle.engine.checkpoint import safe_load
+    from bundle.engine.files import safe_load
     from bundle.evaluation.metrics import dice
 
     settings = dict(settings or WINDOW_SETTINGS)

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from bundle.evaluation.report import evaluate_checkpoint
+from bundle.evaluation.evaluate import evaluate_checkpoint
 
 
 def _value(text: str):

@@ -7,7 +7,6 @@ Example: ``python -m scripts.make_datalist data/mydata --out data/mydata/datalis
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from bundle.data.datalist import build_datalist

@@ -11,10 +11,9 @@ Flair_subtrMeanDivStd / OTMultiClass / brainmask layout of ../shared/data/brats_
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-from bundle.data.prepare import prepare_brats, read_list
+from bundle.data.prepare import read_list
+from bundle.data.prepare_brats import prepare_brats
 
 
 def main(argv: list[str] | None = None) -> dict:

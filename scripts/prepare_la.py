@@ -9,8 +9,6 @@ Split of train.list (order kept): training = first N IDs, validation = last --n-
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from bundle.data.prepare import prepare_la
 

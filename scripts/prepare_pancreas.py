@@ -11,10 +11,9 @@ files; --labels the label files (label0001.nii.gz); cases are matched by their n
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-from bundle.data.prepare import prepare_pancreas, read_list
+from bundle.data.prepare import read_list
+from bundle.data.prepare_pancreas import prepare_pancreas
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -70,3 +70,15 @@ def read_log(path: Path) -> list[dict]:
     """Records of a run's ``log.jsonl`` (``path`` is the file or the run's output folder)."""
     path = path / "log.jsonl" if path.is_dir() else path
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def config_content(name: str, config: str = "configs/inference.json", **overrides):
+    """The parsed id ``name`` of a bundle config with top-level ``overrides``, e.g. the preprocessing the bundle runs
+    (``config_content("preprocessing", spacing=[2, 2, 2])``: inference.json's, which keeps the meta data)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / config))
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser.get_parsed_content(name)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from bundle.data.demo import generate_demo_dataset
-from bundle.engine.distributed import BroadcastBuffers, rank_handlers, validation_sampler
+from bundle.engine.distributed import rank_handlers, validation_sampler
+from bundle.handlers.broadcast import BroadcastBuffers
 from tests.conftest import REPO_ROOT, TINY_TRAIN
 
 TINY = TINY_TRAIN

@@ -21,7 +21,11 @@ from torch.utils.data import DataLoader
 
 from bundle.data.demo import generate_demo_dataset
 from bundle.data.samplers import EndlessLoader, RepeatedShuffleSampler
-from bundle.engine.checkpoint import CheckpointError, LossMonitor, TrainingCheckpointer, atomic_save, safe_load
+from bundle.engine.checkpoint import TrainingState
+from bundle.engine.errors import CheckpointError
+from bundle.engine.files import safe_load, save_atomic
+from bundle.handlers.resume import ResumeTraining
+from bundle.handlers.run_log import RunLog
 from bundle.method.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss
 from tests.conftest import REPO_ROOT, TINY_TRAIN, TRAIN_CONFIG, bundle_cmd, bundle_env, read_log, run_dirs
 
@@ -114,10 +118,10 @@ def reference(tiny_demo: Path, tmp_path_factory) -> Path:
 # -- atomic checkpoints ---------------------------------------------------------------------------------
 WRITER = """
 import sys, torch
-from bundle.engine.checkpoint import atomic_save
+from bundle.engine.files import save_atomic
 i = 0
 while True:
-    atomic_save({"i": torch.tensor(i), "w": torch.full((512, 1024), float(i))}, sys.argv[1])
+    save_atomic({"i": torch.tensor(i), "w": torch.full((512, 1024), float(i))}, sys.argv[1])
     i += 1
 """
 
@@ -136,8 +140,7 @@ def test_atomic_save_leaves_a_loadable_file_whatever_the_kill_moment(tmp_path: P
         assert torch.equal(state["w"], torch.full((512, 1024), float(state["i"])))
     # a killed save may leave its temporary file; a resumed run removes it
     (tmp_path / ".checkpoint_last.pt.tmp.12345").write_bytes(b"partial")
-    checkpointer = TrainingCheckpointer(str(tmp_path), torch.nn.Linear(2, 2))
-    checkpointer._remove_stale_temporaries()
+    TrainingState(str(tmp_path), torch.nn.Linear(2, 2)).remove_stale_temporaries()
     assert temporaries(tmp_path) == []
     assert safe_load(path)["w"].shape == (512, 1024)
 
@@ -247,9 +250,7 @@ def test_loss_log_keeps_each_iteration_once(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
     lines = [json.dumps({"iteration": i, "loss": 1.0}) for i in range(1, 7)] + ['{"iteration": 7, "lo']  # cut
     log.write_text("\n".join(lines))
-    monitor = LossMonitor(str(tmp_path))
-    monitor.path = log
-    monitor._truncate(4)
+    RunLog(str(tmp_path))._truncate(4)
     assert [json.loads(line)["iteration"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
 
 
@@ -283,7 +284,7 @@ def test_resume_from_a_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     torch.save({"network": {}, "extra": Payload(marker)}, tmp_path / "checkpoint_last.pt")
     engine = Engine(lambda engine, batch: None)
-    TrainingCheckpointer(str(tmp_path), torch.nn.Linear(2, 2), resume=True, handle_signals=False).attach(engine)
+    ResumeTraining(TrainingState(str(tmp_path), torch.nn.Linear(2, 2)), resume=True).attach(engine)
     with pytest.raises(CheckpointError, match="refusing to load"):
         engine.run([0], max_epochs=1)
     assert not marker.exists()
@@ -291,7 +292,7 @@ def test_resume_from_a_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
 
 def test_truncated_and_missing_checkpoints_give_clear_errors(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
-    atomic_save({"w": torch.arange(100000.0)}, path)
+    save_atomic({"w": torch.arange(100000.0)}, path)
     assert torch.equal(safe_load(path)["w"], torch.arange(100000.0))
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*model\.pt: corrupt or truncated"):
@@ -301,7 +302,7 @@ def test_truncated_and_missing_checkpoints_give_clear_errors(tmp_path: Path) -> 
 
 
 def test_every_checkpoint_load_in_the_code_uses_weights_only() -> None:
-    sources = sorted((REPO_ROOT / "bundle").rglob("*.py")) + sorted((REPO_ROOT / "scripts").rglob("*.py"))
+    sources = [p for d in ("bundle", "benchmarks", "scripts") for p in sorted((REPO_ROOT / d).rglob("*.py"))]
     calls = []
     for path in sources:
         text = path.read_text()

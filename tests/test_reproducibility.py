@@ -11,9 +11,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle.data.checks import resolved_settings, write_run_settings
 from bundle.data.demo import generate_demo_dataset
-from bundle.engine.checkpoint import safe_load
+from bundle.engine.files import safe_load
+from bundle.engine.run_settings import resolved_settings, write_run_settings
 from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, read_log, run_bundle, run_dirs
 
 TINY = [*TINY_TRAIN, "--val_interval", "3", "--num_iterations", "6", "--rand_flip_prob", "0.5"]

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-CODE = ["bundle", "scripts", "tests"]
+CODE = ["bundle", "benchmarks", "scripts", "tests"]
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SECTIONS", "SUPPORTED_SUFFIXES", "load_datalist", "build_datalist", "case_name", "write_datalist"]
+from bundle.data.readers import SUPPORTED_SUFFIXES
+
+__all__ = ["SECTIONS", "load_datalist", "build_datalist", "case_name", "write_datalist", "resolve_datalist"]
 
 SECTIONS = ("training", "unlabeled", "validation", "test")
 _LABEL_REQUIRED = {"training": True, "unlabeled": False, "validation": True, "test": False}
-SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".h5")
 _PATH_KEYS = ("image", "label")
 
 
@@ -197,8 +198,8 @@ def build_datalist(
 
     Layout below ``root`` (folder names configurable): ``imagesTr/`` + ``labelsTr/`` (required; matched by file
     name), optional ``imagesUnlabeled/``, ``imagesVal/`` + ``labelsVal/``, ``imagesTs/`` (+ ``labelsTs/``).
-    Supported files: ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.h5`` (hidden files and other suffixes are
-    ignored). Split of the labelled cases, sorted by name and permuted by ``np.random.default_rng(seed)``:
+    Supported files: ``bundle.data.readers.SUPPORTED_SUFFIXES`` (NIfTI, NRRD/MetaImage, ``.h5``; hidden files and
+    other suffixes are ignored). Split of the labelled cases, sorted by name and permuted by ``np.random.default_rng(seed)``:
     the first ``max(1, round(val_fraction * n))`` go to ``validation`` (none when the fraction is 0), the next
     ``max(1, round(test_fraction * n))`` to ``test``; of the rest, the first ``n_labelled`` stay in
     ``training`` and the others are demoted to ``unlabeled`` (image only). Every section is sorted by name.
@@ -263,3 +264,15 @@ def build_datalist(
     if out is not None:
         write_datalist(datalist, out)
     return datalist
+
+
+def resolve_datalist(datalist_file: str, demo_dir: str) -> str:
+    """The datalist path to use; when it is the embedded demo's, generate the demo data first.
+
+    The demo dataset (``bundle.data.demo``) is created on first use and never committed.
+    """
+    from bundle.data.demo import ensure_demo_dataset
+
+    if Path(datalist_file).resolve() == (Path(demo_dir) / "datalist.json").resolve():
+        return str(ensure_demo_dataset(demo_dir))
+    return datalist_file

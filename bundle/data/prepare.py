@@ -5,12 +5,12 @@
   cropped around the atrium in x and y). :func:`prepare_la` writes a data list from ``train.list`` (and
   ``test.list`` if given): labelled = the first ``n_labelled`` IDs of ``train.list``, validation = its last
   ``n_val`` IDs (8 for the LA-lite benchmark; 0 gives the paper's split), unlabelled = the IDs in between.
-- **Pancreas-CT** (TCIA NIH Pancreas-CT, DICOM series + NIfTI labels): :func:`prepare_pancreas` reads each CT
+- **Pancreas-CT** (TCIA NIH Pancreas-CT, DICOM series + NIfTI labels): :func:`bundle.data.prepare_pancreas.prepare_pancreas` reads each CT
   (a DICOM folder through ``SimpleITK.ImageSeriesReader``, or a NIfTI/NRRD/MHA file), reorients to RAS,
   resamples to 1 mm (CT bilinear; label nearest onto the CT grid), clips HU to [-125, 275] and scales to [0, 1],
   crops x and y to the pancreas bounding box with a 25-voxel margin (all slices kept), z-scores, and writes
   NIfTI volumes plus a data list.
-- **BraTS 2019** (FLAIR, whole tumour): :func:`prepare_brats` reads the FLAIR, the label (whole tumour =
+- **BraTS 2019** (FLAIR, whole tumour): :func:`bundle.data.prepare_brats.prepare_brats` reads the FLAIR, the label (whole tumour =
   label > 0) and the brain (a brain mask file when present, else FLAIR > 0), crops to the brain's bounding box,
   clips at the 99.9th percentile of the brain voxels and z-scores over them (0 outside the brain), and writes
   NIfTI volumes plus a data list. Layouts: the BraTS 2019 challenge folders (``<case>/<case>_flair.nii.gz``,
@@ -36,7 +36,7 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.data.datalist import write_datalist
-from bundle.inference.writers import atomic_nifti_save
+from bundle.engine.files import atomic_path
 
 __all__ = [
     "read_list",
@@ -45,11 +45,9 @@ __all__ = [
     "read_dicom_series",
     "read_volume",
     "split_cases",
-    "preprocess_pancreas_case",
-    "prepare_pancreas",
-    "find_brats_cases",
-    "preprocess_brats_case",
-    "prepare_brats",
+    "write_split",
+    "prepare_cases",
+    "bbox",
 ]
 
 LA_FILE = "mri_norm2.h5"
@@ -211,7 +209,7 @@ def split_cases(
     return {"training": train[:n_labelled], "unlabeled": train[n_labelled:], "validation": val, "test": test}
 
 
-def _write_split(split: dict[str, list[str]], files: dict[str, tuple[Path, Path]], out: str | os.PathLike) -> dict:
+def write_split(split: dict[str, list[str]], files: dict[str, tuple[Path, Path]], out: str | os.PathLike) -> dict:
     datalist: dict[str, list[dict]] = {}
     for section, ids in split.items():
         datalist[section] = [
@@ -238,14 +236,14 @@ def _metatensor(array: np.ndarray, affine: np.ndarray, filename: str) -> MetaTen
 def read_dicom_series(folder: str | os.PathLike) -> MetaTensor:
     """The largest DICOM series found in ``folder`` (searched recursively), read with
     ``SimpleITK.ImageSeriesReader`` (slices sorted by position by GDCM) as a ``(1, X, Y, Z)`` MetaTensor with a
-    RAS affine (``bundle.data.transforms.SimpleITKVolumeReader``'s LPS -> RAS conversion).
+    RAS affine (``bundle.data.readers.ras_affine``).
 
     Raises:
         FileNotFoundError: no DICOM series in ``folder``.
     """
     import SimpleITK as sitk
 
-    from bundle.data.transforms import SimpleITKVolumeReader
+    from bundle.data.readers import SimpleITKVolumeReader
 
     folder = Path(folder)
     best: list[str] = []
@@ -286,11 +284,12 @@ def _save_nifti(volume: Any, path: Path, dtype: Any) -> Path:
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_nifti_save(img, path)
+    with atomic_path(path, ".nii.gz") as tmp:
+        nib.save(img, str(tmp))
+    return path
 
 
-def _bbox(mask: np.ndarray, axes: Sequence[int], margin: int) -> tuple[list[int], list[int]]:
+def bbox(mask: np.ndarray, axes: Sequence[int], margin: int) -> tuple[list[int], list[int]]:
     """Start/end (exclusive) per axis of the non-zero voxels of ``mask`` (X, Y, Z), grown by ``margin`` on
     ``axes`` and clipped to the array; the other axes keep their full extent."""
     start, end = [0, 0, 0], list(mask.shape)
@@ -302,7 +301,7 @@ def _bbox(mask: np.ndarray, axes: Sequence[int], margin: int) -> tuple[list[int]
     return start, end
 
 
-def _prepare_all(
+def prepare_cases(
     cases: dict[str, Any],
     out_dir: Path,
     process: Callable[..., tuple[MetaTensor, MetaTensor]],
@@ -323,278 +322,3 @@ def _prepare_all(
             log(f"[{k}/{len(cases)}] {case_id}: kept existing {image_file}")
         files[case_id] = (image_file.resolve(), label_file.resolve())
     return files
-
-
-# -- Pancreas-CT --------------------------------------------------------------------------------------------------
-def preprocess_pancreas_case(
-    image: MetaTensor,
-    label: MetaTensor,
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    hu_window: Sequence[float] = (-125.0, 275.0),
-    margin: int = 25,
-    name: str = "case",
-) -> tuple[MetaTensor, MetaTensor]:
-    """One Pancreas-CT case: RAS, ``spacing`` mm (CT bilinear; label nearest onto the CT grid), HU clip to
-    ``hu_window`` scaled to [0, 1], crop x/y around the label (label > 0) with ``margin`` voxels (all z kept),
-    z-score over the cropped volume.
-
-    Args:
-        image: CT ``(1, X, Y, Z)`` in HU with its affine.
-        label: pancreas label ``(1, X', Y', Z')`` with its affine (any grid covering the CT).
-        spacing: target voxel size in mm. Default 1 mm isotropic.
-        hu_window: HU clipping window. Default ``(-125, 275)``.
-        margin: x/y margin in voxels around the pancreas. Default 25.
-        name: case name for error messages.
-
-    Returns:
-        ``(image float32, label uint8 0/1)``, both ``(1, X'', Y'', Z'')`` with the same affine.
-    """
-    from monai.transforms import (
-        NormalizeIntensity,
-        Orientation,
-        ResampleToMatch,
-        ScaleIntensityRange,
-        Spacing,
-        SpatialCrop,
-    )
-
-    lo, hi = (float(v) for v in hu_window)
-    if not hi > lo:
-        raise ValueError(f"hu_window must be (low, high) with high > low, got {tuple(hu_window)}.")
-    img = Orientation(axcodes="RAS")(image.float())
-    img = Spacing(pixdim=tuple(spacing), mode="bilinear")(img)
-    lab = ResampleToMatch(mode="nearest")((label > 0).float(), img_dst=img)
-    mask = np.asarray(lab[0]) > 0.5
-    if not mask.any():
-        raise ValueError(f"{name}: the label is empty on the CT grid (empty label, or label/CT geometries differ).")
-    img = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img)
-    start, end = _bbox(mask, axes=(0, 1), margin=margin)
-    crop = SpatialCrop(roi_start=start, roi_end=end)
-    img, lab = crop(img), crop(lab)
-    img = NormalizeIntensity()(img)
-    return img.float(), (lab > 0.5).to(torch.uint8)
-
-
-def _number(name: str) -> str | None:
-    found = re.findall(r"\d+", name)
-    return f"{int(found[-1]):04d}" if found else None
-
-
-def _pancreas_cases(images: Path, labels: Path) -> dict[str, tuple[Path, Path]]:
-    """``{pancreas_NNNN: (CT folder or file, label file)}`` matched by the last number in the names."""
-    from bundle.data.datalist import case_name
-
-    label_files = {}
-    for f in sorted(labels.iterdir()):
-        if f.is_file() and case_name(f) is not None and _number(case_name(f)) is not None:
-            label_files[_number(case_name(f))] = f
-    cases = {}
-    for entry in sorted(images.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        stem = case_name(entry) if entry.is_file() else entry.name
-        if stem is None or _number(stem) is None:
-            continue
-        num = _number(stem)
-        if num not in label_files:
-            raise FileNotFoundError(f"no label for {entry} in {labels} (expected a file named like label{num}.nii.gz).")
-        cases[f"pancreas_{num}"] = (entry, label_files[num])
-    if not cases:
-        raise FileNotFoundError(f"no CT case (DICOM folder or NIfTI/NRRD/MHA file) in {images}.")
-    return cases
-
-
-def prepare_pancreas(
-    images: str | os.PathLike,
-    labels: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    datalist: str | os.PathLike | None = None,
-    n_labelled: int = 6,
-    n_val: int = 0,
-    n_test: int = 20,
-    test_ids: Sequence[str] | None = None,
-    val_ids: Sequence[str] | None = None,
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    hu_window: Sequence[float] = (-125.0, 275.0),
-    margin: int = 25,
-    overwrite: bool = False,
-    log: Callable[[str], None] | None = print,
-) -> dict[str, list[dict]]:
-    """Prepare Pancreas-CT (see :func:`preprocess_pancreas_case`) and write its data list.
-
-    Cases: every DICOM folder (e.g. TCIA's ``Pancreas-CT/PANCREAS_0001/``) or NIfTI/NRRD/MHA file in ``images``,
-    matched to the file of ``labels`` with the same last number (``label0001.nii.gz``); ids ``pancreas_NNNN``.
-    Split (sorted ids): the last ``n_test`` are test (the paper: 62 train / 20 test), the ``n_val`` before them
-    validation, of the rest the first ``n_labelled`` labelled (paper budgets 3 / 6 / 12) and the others
-    unlabelled; explicit ``test_ids`` / ``val_ids`` (ids or numbers) override.
-
-    Args:
-        images: folder of CT cases.
-        labels: folder of label files.
-        out_dir: output folder (``images/``, ``labels/``, the data list).
-        datalist: data list path. Default ``<out_dir>/datalist.json``.
-        n_labelled, n_val, n_test: split sizes. Defaults 6, 0, 20.
-        test_ids, val_ids: explicit split. Default ``None``.
-        spacing, hu_window, margin: preprocessing. Defaults 1 mm, (-125, 275), 25.
-        overwrite: re-process cases whose outputs exist. Default False.
-        log: progress printer (``None``: silent). Default ``print``.
-
-    Returns:
-        The data list (absolute paths).
-    """
-    images, labels, out_dir = Path(images), Path(labels), Path(out_dir)
-    for p in (images, labels):
-        if not p.is_dir():
-            raise FileNotFoundError(f"folder not found: {p}")
-    cases = _pancreas_cases(images, labels)
-    norm = lambda ids: None if ids is None else [f"pancreas_{_number(str(i))}" for i in ids]  # noqa: E731
-    split = split_cases(sorted(cases), n_labelled, n_val, n_test, val_ids=norm(val_ids), test_ids=norm(test_ids))
-
-    def process(ct: Path, lab: Path) -> tuple[MetaTensor, MetaTensor]:
-        return preprocess_pancreas_case(read_volume(ct), read_volume(lab), spacing, hu_window, margin, name=str(ct))
-
-    files = _prepare_all(cases, out_dir, process, overwrite, log)
-    return _write_split(split, files, datalist or out_dir / "datalist.json")
-
-
-# -- BraTS 2019 ---------------------------------------------------------------------------------------------------
-_SHARED_LAYOUT = ("Flair_subtrMeanDivStd.nii.gz", "OTMultiClass.nii.gz", "brainmask.nii.gz")
-
-
-def find_brats_cases(src: str | os.PathLike) -> dict[str, tuple[Path, Path, Path | None]]:
-    """``{case: (flair, label, brain mask or None)}`` below ``src`` (searched recursively).
-
-    Recognised: ``<case>/<case>_flair.nii(.gz)`` + ``<case>_seg.nii(.gz)`` (BraTS 2019; no mask file: brain =
-    FLAIR > 0) and ``<case>/Flair_subtrMeanDivStd.nii.gz`` + ``OTMultiClass.nii.gz`` + ``brainmask.nii.gz``.
-    """
-    src = Path(src)
-    if not src.is_dir():
-        raise FileNotFoundError(f"BraTS folder not found: {src}")
-    cases: dict[str, tuple[Path, Path, Path | None]] = {}
-    for flair in sorted(src.rglob("*")):
-        name = flair.name
-        if not flair.is_file():
-            continue
-        if name == _SHARED_LAYOUT[0]:
-            folder = flair.parent
-            label, mask = folder / _SHARED_LAYOUT[1], folder / _SHARED_LAYOUT[2]
-            case = folder.name
-            entry = (flair, label, mask if mask.is_file() else None)
-        elif re.search(r"_flair\.nii(\.gz)?$", name):
-            case = re.sub(r"_flair\.nii(\.gz)?$", "", name)
-            label = next(
-                (
-                    flair.parent / f"{case}_seg{ext}"
-                    for ext in (".nii.gz", ".nii")
-                    if (flair.parent / f"{case}_seg{ext}").is_file()
-                ),
-                flair.parent / f"{case}_seg.nii.gz",
-            )
-            entry = (flair, label, None)
-        else:
-            continue
-        if not entry[1].is_file():
-            raise FileNotFoundError(f"no label for {flair} (expected {entry[1]}).")
-        if case in cases:
-            raise ValueError(f"two BraTS cases named {case}: {cases[case][0]} and {flair}.")
-        cases[case] = entry
-    if not cases:
-        raise FileNotFoundError(f"no BraTS case (*_flair.nii.gz or {_SHARED_LAYOUT[0]}) below {src}.")
-    return cases
-
-
-def preprocess_brats_case(
-    flair: MetaTensor,
-    label: MetaTensor,
-    brain: MetaTensor | None = None,
-    upper_percentile: float = 99.9,
-    name: str = "case",
-) -> tuple[MetaTensor, MetaTensor]:
-    """One BraTS case: crop to the brain's bounding box, clip at the ``upper_percentile`` of the brain voxels,
-    z-score over them (0 outside the brain); whole tumour = label > 0.
-
-    Args:
-        flair: FLAIR ``(1, X, Y, Z)``.
-        label: BraTS labels, same grid.
-        brain: brain mask, same grid; ``None``: FLAIR > 0 (the BraTS skull-stripped convention).
-        upper_percentile: clipping percentile. Default 99.9.
-        name: case name for error messages.
-
-    Returns:
-        ``(image float32, whole-tumour label uint8)`` on the cropped grid.
-    """
-    from monai.transforms import SpatialCrop
-
-    from bundle.data.transforms import ScaleIntensityByModalityd
-
-    brain_mask = (brain > 0) if brain is not None else (flair > 0)
-    for other, what in ((label, "label"), (brain_mask, "brain mask")):
-        if tuple(other.shape) != tuple(flair.shape):
-            raise ValueError(f"{name}: {what} shape {tuple(other.shape)} differs from the FLAIR's {tuple(flair.shape)}")
-    mask = np.asarray(brain_mask[0])
-    if not mask.any():
-        raise ValueError(f"{name}: empty brain mask.")
-    start, end = _bbox(mask, axes=(0, 1, 2), margin=0)
-    crop = SpatialCrop(roi_start=start, roi_end=end)
-    d = {"image": crop(flair.float()), "mask": crop(brain_mask.to(torch.uint8))}
-    d = ScaleIntensityByModalityd("image", modality="flair", mask_key="mask", upper_percentile=upper_percentile)(d)
-    return d["image"].float(), (crop(label) > 0).to(torch.uint8)
-
-
-def prepare_brats(
-    src: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    datalist: str | os.PathLike | None = None,
-    n_labelled: int = 25,
-    n_val: int = 25,
-    n_test: int = 60,
-    seed: int | None = 0,
-    val_ids: Sequence[str] | None = None,
-    test_ids: Sequence[str] | None = None,
-    cases: Sequence[str] | None = None,
-    upper_percentile: float = 99.9,
-    overwrite: bool = False,
-    log: Callable[[str], None] | None = print,
-) -> dict[str, list[dict]]:
-    """Prepare BraTS FLAIR whole tumour (see :func:`preprocess_brats_case`) and write its data list.
-
-    Split (the paper: 250 train / 25 validation / 60 test of 335; budgets 12 / 25 / 50 labelled): explicit
-    ``val_ids`` / ``test_ids`` (e.g. the reference lists), else the sorted cases permuted with ``seed``: the last
-    ``n_test`` test, the ``n_val`` before them validation, of the rest the first ``n_labelled`` labelled and the
-    others unlabelled.
-
-    Args:
-        src: folder with the cases (see :func:`find_brats_cases`).
-        out_dir: output folder (``images/``, ``labels/``, the data list).
-        datalist: data list path. Default ``<out_dir>/datalist.json``.
-        n_labelled, n_val, n_test: split sizes. Defaults 25, 25, 60.
-        seed: permutation seed; ``None`` keeps the sorted order. Default 0.
-        val_ids, test_ids: explicit split. Default ``None``.
-        cases: only these case names (e.g. a quick subset). Default ``None``: all.
-        upper_percentile: clipping percentile. Default 99.9.
-        overwrite: re-process cases whose outputs exist. Default False.
-        log: progress printer (``None``: silent). Default ``print``.
-
-    Returns:
-        The data list (absolute paths).
-    """
-    found = find_brats_cases(src)
-    if cases is not None:
-        missing = sorted(set(cases) - set(found))
-        if missing:
-            raise ValueError(f"cases not found below {src}: {missing[:5]}.")
-        found = {c: found[c] for c in cases}
-    split = split_cases(sorted(found), n_labelled, n_val, n_test, seed=seed, val_ids=val_ids, test_ids=test_ids)
-    out_dir = Path(out_dir)
-
-    def process(flair: Path, label: Path, brain: Path | None) -> tuple[MetaTensor, MetaTensor]:
-        return preprocess_brats_case(
-            read_volume(flair),
-            read_volume(label),
-            read_volume(brain) if brain is not None else None,
-            upper_percentile,
-            name=str(flair.parent),
-        )
-
-    files = _prepare_all(found, out_dir, process, overwrite, log)
-    return _write_split(split, files, datalist or out_dir / "datalist.json")

@@ -15,17 +15,17 @@ import math
 from collections.abc import Iterator, Sized
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
+
+from bundle.engine.distributed import rank, world_size
 
 __all__ = ["RepeatedShuffleSampler", "EndlessLoader", "dist_info"]
 
 
 def dist_info() -> tuple[int, int]:
     """``(world_size, rank)`` of the default process group, ``(1, 0)`` when not distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+    world = world_size()
+    return world, (rank() if world > 1 else 0)
 
 
 class RepeatedShuffleSampler(DistributedSampler):
@@ -133,20 +133,6 @@ class EndlessLoader:
         if self.passes > 0 and consumed > 0 and hasattr(sampler, "skip_next"):
             self.passes -= 1  # continue the interrupted pass (its iterator is made now, before RNGs are restored)
             self._iter = self._new_pass(skip_batches=consumed)
-
-
-def resolve_datalist(datalist_file: str, demo_dir: str) -> str:
-    """The datalist path to use; when it is the embedded demo's, generate the demo data first.
-
-    The demo dataset (``bundle.data.demo``) is created on first use and never committed.
-    """
-    from pathlib import Path
-
-    from bundle.data.demo import ensure_demo_dataset
-
-    if Path(datalist_file).resolve() == (Path(demo_dir) / "datalist.json").resolve():
-        return str(ensure_demo_dataset(demo_dir))
-    return datalist_file
 
 
 def unlabeled_stream(

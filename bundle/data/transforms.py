@@ -1,156 +1,38 @@
 """Dictionary transforms of the bundle: volume loading (NIfTI/NRRD/MHA and the legacy LA ``.h5``), intensity
-handling by modality, and the deterministic preprocessing / random augmentation pipelines.
+handling by modality, the foreground test of the crop, and a ``Spacingd`` that MONAI Label's inputs do not break.
 
 Tensors are channel-first ``monai.data.MetaTensor`` of shape ``(C, H, W, D)`` carrying their affine, so
-``Orientationd``, ``Spacingd`` and ``Invertd`` work the same for every input format.
+``Orientationd``, ``Spacingd`` and ``Invertd`` work the same for every input format. The pipelines themselves are
+the ``preprocessing`` and ``augmentation`` lists of ``configs/train.json`` (``configs/inference.json`` repeats the
+preprocessing verbatim).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import h5py
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.config import KeysCollection
-from monai.data import ImageReader
-from monai.data.utils import is_supported_format
-from monai.transforms import (
-    CropForegroundd,
-    EnsureTyped,
-    LoadImage,
-    MapTransform,
-    NormalizeIntensityd,
-    Orientationd,
-    RandFlipd,
-    RandRotate90d,
-    RandSpatialCropd,
-    ScaleIntensityRanged,
-    Spacingd,
-    SpatialPadd,
-)
-from monai.utils import ensure_tuple, ensure_tuple_rep
+from monai.transforms import LoadImage, MapTransform, NormalizeIntensityd, ScaleIntensityRanged
+from monai.transforms import Spacingd as _MonaiSpacingd
 from monai.utils.type_conversion import convert_to_dst_type, convert_to_tensor
 
+from bundle.data.readers import H5VolumeReader, SimpleITKVolumeReader
+
 __all__ = [
-    "H5VolumeReader",
-    "SimpleITKVolumeReader",
     "LoadVolumed",
     "ScaleIntensityByModalityd",
     "AboveThreshold",
+    "Spacingd",
     "MODALITIES",
     "DEFAULT_FOREGROUND_THRESHOLD",
-    "preprocessing_transforms",
-    "augmentation_transforms",
 ]
 
 MODALITIES = ("ct", "mr", "flair", "none")
 #: ``CropForegroundd`` keeps voxels with ``image > threshold`` (raw intensities, before scaling).
 DEFAULT_FOREGROUND_THRESHOLD = {"ct": -500.0, "mr": 0.0, "flair": 0.0, "none": 0.0}
-
-
-class H5VolumeReader(ImageReader):
-    """Reader of the legacy UA-MT/MC-Net LA ``.h5`` layout (datasets ``image`` float32 and ``label`` uint8,
-    axes x, y, z; no geometry stored).
-
-    The array gets the RAS affine ``diag(spacing, spacing, spacing, 1)`` (origin 0) and no channel dimension
-    (``original_channel_dim = nan``), so ``LoadImage(ensure_channel_first=True)`` returns ``(1, H, W, D)``.
-
-    Args:
-        dataset: name of the h5 dataset to read. Default ``"image"``.
-        spacing: isotropic voxel size in mm (or three sizes). Default 0.625 (the LA data).
-    """
-
-    suffixes = ("h5", "hdf5")
-
-    def __init__(self, dataset: str = "image", spacing: float | Sequence[float] = 0.625) -> None:
-        super().__init__()
-        self.dataset = dataset
-        self.spacing = np.asarray(ensure_tuple_rep(spacing, 3), dtype=np.float64)
-        if np.any(self.spacing <= 0):
-            raise ValueError(f"H5VolumeReader spacing must be positive, got {spacing}.")
-
-    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
-        return is_supported_format(filename, self.suffixes)
-
-    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> tuple[np.ndarray, str]:
-        """Read dataset ``self.dataset`` of one file into memory. Returns ``(array, filename)``."""
-        files = ensure_tuple(data)
-        if len(files) != 1:
-            raise ValueError(f"H5VolumeReader reads one file at a time, got {files}.")
-        filename = str(files[0])
-        with h5py.File(filename, "r") as f:
-            if self.dataset not in f:
-                raise KeyError(f"{filename} has no dataset '{self.dataset}' (has {sorted(f.keys())}).")
-            array = np.asarray(f[self.dataset][()])
-        if array.ndim != 3:
-            raise ValueError(f"{filename}: dataset '{self.dataset}' must be 3D (x, y, z), got shape {array.shape}.")
-        return array, filename
-
-    def get_data(self, img: tuple[np.ndarray, str]) -> tuple[np.ndarray, dict]:
-        array, _ = img
-        affine = np.diag([*self.spacing, 1.0])
-        meta = {
-            "affine": affine,
-            "original_affine": affine.copy(),
-            "spatial_shape": np.asarray(array.shape),
-            "space": "RAS",
-            "original_channel_dim": float("nan"),
-            "pixdim": np.array([1.0, *self.spacing, 1.0, 1.0, 1.0, 1.0]),
-        }
-        return array, meta
-
-
-class SimpleITKVolumeReader(ImageReader):
-    """Reader of NRRD/MetaImage (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``) through SimpleITK, for installs without
-    the ``itk`` package that MONAI's ``ITKReader`` needs.
-
-    ITK geometry is LPS: a voxel index ``i`` (x, y, z order) maps to ``p_LPS = origin + direction @ (spacing * i)``.
-    The RAS affine is therefore ``diag(-1, -1, 1, 1) @ [[direction * spacing, origin], [0, 1]]``, and the array is
-    transposed from SimpleITK's ``(z, y, x)`` to ``(x, y, z)``. Multi-component pixels become the last axis
-    (``original_channel_dim = -1``).
-
-    Args:
-        suffixes: accepted file suffixes. Default ``("nrrd", "nhdr", "mha", "mhd")``.
-    """
-
-    def __init__(self, suffixes: Sequence[str] = ("nrrd", "nhdr", "mha", "mhd")) -> None:
-        super().__init__()
-        self.suffixes = tuple(suffixes)
-
-    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
-        return is_supported_format(filename, self.suffixes)
-
-    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
-        """Read one file with ``SimpleITK.ReadImage``."""
-        files = ensure_tuple(data)
-        if len(files) != 1:
-            raise ValueError(f"SimpleITKVolumeReader reads one file at a time, got {files}.")
-        return sitk.ReadImage(str(files[0]))
-
-    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
-        ndim = img.GetDimension()
-        if ndim != 3:
-            raise ValueError(f"SimpleITKVolumeReader expects a 3D image, got {ndim}D.")
-        array = sitk.GetArrayFromImage(img)  # (z, y, x[, c])
-        channels = img.GetNumberOfComponentsPerPixel() > 1
-        array = np.transpose(array, (2, 1, 0, 3) if channels else (2, 1, 0))
-        direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
-        affine = np.eye(4)
-        affine[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=np.float64)
-        affine[:3, 3] = img.GetOrigin()
-        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-        meta = {
-            "affine": affine,
-            "original_affine": affine.copy(),
-            "spatial_shape": np.asarray(array.shape[:3]),
-            "space": "RAS",
-            "original_channel_dim": -1 if channels else float("nan"),
-        }
-        return array, meta
 
 
 class LoadVolumed(MapTransform):
@@ -292,105 +174,23 @@ class ScaleIntensityByModalityd(MapTransform):
         return d
 
 
-def preprocessing_transforms(
-    keys: Sequence[str] = ("image", "label"),
-    spacing: Sequence[float] | None = (2.0, 2.0, 2.0),
-    modality: str = "ct",
-    patch_size: Sequence[int] = (32, 32, 32),
-    crop_foreground: bool = True,
-    foreground_threshold: float | None = None,
-    margin: Sequence[int] | int = 0,
-    ct_window: Sequence[float] = (-125.0, 275.0),
-    h5_spacing: float = 0.625,
-    image_only: bool = False,
-    label_dtype: torch.dtype = torch.uint8,
-) -> list[MapTransform]:
-    """The deterministic preprocessing shared by labelled and unlabelled cases (``label`` may be missing).
+class Spacingd(_MonaiSpacingd):
+    """``monai.transforms.Spacingd`` that leaves the non-dictionary entries named ``<key>_*`` alone.
 
-    ``LoadVolumed -> Orientationd("RAS") -> Spacingd(spacing) -> CropForegroundd(image > threshold, margin)
-    -> ScaleIntensityByModalityd(modality) -> SpatialPadd(patch_size) -> EnsureTyped``. The first key is the
-    image (bilinear resampling, float32), the others are labels (nearest, ``label_dtype``). The foreground crop
-    runs on raw intensities, before scaling. Spatial steps are invertible (``Invertd``).
-
-    Args:
-        keys: image key first, then label keys. Default ``("image", "label")``.
-        spacing: target voxel size in mm; ``None`` keeps the input spacing. Default ``(2.0, 2.0, 2.0)``.
-        modality: ``"ct"``, ``"mr"``, ``"flair"`` or ``"none"`` (see :class:`ScaleIntensityByModalityd`).
-            Default ``"ct"``.
-        patch_size: minimal spatial size after padding. Default ``(32, 32, 32)``.
-        crop_foreground: crop to the bounding box of ``image > threshold``. Default True.
-        foreground_threshold: that threshold; ``None``: -500 HU for ``"ct"``, 0 otherwise. Default ``None``.
-        margin: voxels kept around the foreground box. Default 0.
-        ct_window: HU window for ``"ct"``. Default ``(-125.0, 275.0)``.
-        h5_spacing: voxel size of legacy ``.h5`` inputs. Default 0.625.
-        image_only: passed to :class:`LoadVolumed`. Default False.
-        label_dtype: dtype of the label keys. Default ``torch.uint8``.
-
-    Returns:
-        The list of transforms (wrap in ``monai.transforms.Compose``).
+    After resampling a NIfTI image, MONAI 1.6's ``Spacingd`` updates every entry whose name starts with ``<key>_``
+    as a meta-data dictionary. MONAI Label 0.8.5 puts the input file name in ``image_path``, so ``/infer`` failed
+    with ``'str' object has no attribute 'update'``. Such entries (anything that is not a mapping) are set aside
+    during the call and put back unchanged. Arguments, result and inverse are those of ``monai.transforms.Spacingd``.
     """
-    keys = list(keys)
-    if not keys:
-        raise ValueError("preprocessing_transforms needs at least the image key.")
-    modality = str(modality).lower()
-    if modality not in MODALITIES:
-        raise ValueError(f"Unknown modality '{modality}'; expected one of {MODALITIES}.")
-    image_key, label_keys = keys[0], keys[1:]
-    modes = ["bilinear"] + ["nearest"] * len(label_keys)
-    xforms: list[MapTransform] = [
-        LoadVolumed(keys, allow_missing_keys=True, h5_spacing=h5_spacing, image_only=image_only),
-        Orientationd(keys, axcodes="RAS", labels=None, allow_missing_keys=True),
-    ]
-    if spacing is not None:
-        xforms.append(Spacingd(keys, pixdim=tuple(spacing), mode=modes, allow_missing_keys=True))
-    if crop_foreground:
-        threshold = DEFAULT_FOREGROUND_THRESHOLD[modality] if foreground_threshold is None else foreground_threshold
-        xforms.append(
-            CropForegroundd(
-                keys,
-                source_key=image_key,
-                select_fn=AboveThreshold(threshold),
-                margin=margin,
-                allow_smaller=True,
-                allow_missing_keys=True,
-            )
-        )
-    xforms += [
-        ScaleIntensityByModalityd(image_key, modality=modality, ct_window=ct_window),
-        SpatialPadd(keys, spatial_size=tuple(patch_size), allow_missing_keys=True),
-        EnsureTyped(image_key, dtype=torch.float32),
-    ]
-    if label_keys:
-        xforms.append(EnsureTyped(label_keys, dtype=label_dtype, allow_missing_keys=True))
-    return xforms
 
-
-def augmentation_transforms(
-    keys: Sequence[str] = ("image", "label"),
-    patch_size: Sequence[int] = (32, 32, 32),
-    flip: bool = False,
-    rotate90: bool = False,
-    prob: float = 0.5,
-) -> list[MapTransform]:
-    """The random part: ``RandSpatialCropd(roi_size=patch_size, random_size=False)``, then optionally
-    ``RandFlipd`` along each spatial axis and ``RandRotate90d`` in the axial plane (``spatial_axes=(0, 1)``).
-
-    Args:
-        keys: keys cropped/flipped/rotated together (missing keys allowed). Default ``("image", "label")``.
-        patch_size: crop size ``(H, W, D)``. Default ``(32, 32, 32)``.
-        flip: add ``RandFlipd(prob, spatial_axis=a)`` for ``a`` in 0, 1, 2. Default False.
-        rotate90: add ``RandRotate90d(prob, max_k=3, spatial_axes=(0, 1))``. Default False.
-        prob: probability of each flip / rotation. Default 0.5.
-
-    Returns:
-        The list of transforms.
-    """
-    keys = list(keys)
-    xforms: list[MapTransform] = [
-        RandSpatialCropd(keys, roi_size=tuple(patch_size), random_size=False, allow_missing_keys=True)
-    ]
-    if flip:
-        xforms += [RandFlipd(keys, prob=prob, spatial_axis=axis, allow_missing_keys=True) for axis in range(3)]
-    if rotate90:
-        xforms.append(RandRotate90d(keys, prob=prob, max_k=3, spatial_axes=(0, 1), allow_missing_keys=True))
-    return xforms
+    def __call__(self, data: Mapping, lazy: bool | None = None) -> dict:
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {
+            k: d.pop(k)
+            for k in list(d)
+            if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], Mapping)
+        }
+        d = super().__call__(d, lazy=lazy)
+        d.update(aside)
+        return d

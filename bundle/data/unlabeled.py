@@ -1,4 +1,4 @@
-"""What the bundle needs to train inside MONAI Label's ``monaibundle`` app.
+"""The unlabelled training set, also when MONAI Label gives only the labelled cases (its ``monaibundle`` app).
 
 MONAI Label (0.8.5) trains a bundle by overriding ``bundle_root``, ``device``, ``train#trainer#max_epochs``,
 ``train#dataset#data`` (the labelled pairs of its datastore), ``train#handlers`` (a ``CheckpointLoader`` of
@@ -7,12 +7,11 @@ MONAI Label (0.8.5) trains a bundle by overriding ``bundle_root``, ``device``, `
 - :func:`unlabeled_data` gives the unlabelled set: the datalist's ``unlabeled`` section when the labelled cases come
   from the datalist, otherwise (MONAI Label, or any labelled list given directly) the images beside the labelled
   ones that have no label in the list: the studies without a final label;
-- :class:`TeacherFromStudent` starts the EMA teacher from the student's weights once a ``CheckpointLoader`` has
-  replaced them (the teacher is a copy of the student made before any handler runs).
+- :class:`bundle.handlers.teacher_init.TeacherFromStudent` starts the EMA teacher from the student's weights once a
+  ``CheckpointLoader`` has replaced them (the teacher is a copy of the student made before any handler runs).
 
 For inference MONAI Label reads ``inference.json`` (``network_def``, ``preprocessing``, ``inferer``,
-``postprocessing``) and adds the string ``image_path`` to the data; :class:`Spacingd` resamples like MONAI's but
-leaves such non-dictionary ``image_*`` entries alone (MONAI 1.6's ``Spacingd`` calls ``.update`` on them).
+``postprocessing``) and adds the string ``image_path`` to the data: see :class:`bundle.data.transforms.Spacingd`.
 """
 
 from __future__ import annotations
@@ -23,12 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ignite.engine import Engine, Events
-from monai.transforms import Spacingd as _MonaiSpacingd
-
 from bundle.data.datalist import case_name, load_datalist
 
-__all__ = ["unlabeled_data", "images_without_label", "datalist_section", "TeacherFromStudent", "Spacingd"]
+__all__ = ["unlabeled_data", "images_without_label", "datalist_section"]
 
 logger = logging.getLogger("plgdf")
 
@@ -54,7 +50,7 @@ def images_without_label(labeled: Sequence[Mapping], exclude: Iterable[Mapping] 
 
     In a MONAI Label datastore the studies lie in one folder and their final labels in ``labels/final/`` below it,
     so these are the studies that have no final label. Only supported volume files directly in those folders count
-    (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.h5``; hidden files and sub-folders are skipped). Multi-channel
+    (``bundle.data.readers.SUPPORTED_SUFFIXES``; hidden files and sub-folders are skipped). Multi-channel
     entries (a list of paths) are excluded but their folders are not scanned.
 
     Args:
@@ -127,54 +123,3 @@ def datalist_section(datalist_file: str | os.PathLike | None, section: str) -> l
     if datalist_file is None or not os.path.isfile(datalist_file):
         return []
     return load_datalist(datalist_file)[section]
-
-
-class TeacherFromStudent:
-    """Copy the student's weights into the EMA teacher when a fresh run starts (``STARTED``, iteration 0).
-
-    MONAI Label (and any fine-tuning set-up) inserts a ``CheckpointLoader`` that loads ``model.pt`` into the student
-    when the trainer starts, after the teacher was copied from the randomly initialised student. Without this, the
-    teacher would average the pretrained student with random weights. A resumed run (iteration > 0 once
-    :class:`bundle.engine.checkpoint.TrainingCheckpointer` restored it) keeps the teacher of its checkpoint; when this
-    handler runs before the checkpointer, the checkpointer overwrites the teacher anyway.
-
-    Args:
-        teacher: the :class:`bundle.method.teacher.EMATeacher`.
-        network: the student (possibly DDP-wrapped).
-    """
-
-    def __init__(self, teacher: Any, network: Any):
-        self.teacher = teacher
-        self.network = network
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        if self.teacher is None or engine.state.iteration > 0:
-            return
-        from bundle.method.teacher import unwrap_model
-
-        self.teacher.load_state_dict(unwrap_model(self.network).state_dict())
-
-
-class Spacingd(_MonaiSpacingd):
-    """``monai.transforms.Spacingd`` that leaves the non-dictionary entries named ``<key>_*`` alone.
-
-    After resampling a NIfTI image, MONAI 1.6's ``Spacingd`` updates every entry whose name starts with ``<key>_``
-    as a meta-data dictionary. MONAI Label 0.8.5 puts the input file name in ``image_path``, so ``/infer`` failed
-    with ``'str' object has no attribute 'update'``. Such entries (anything that is not a mapping) are set aside
-    during the call and put back unchanged. Arguments, result and inverse are those of ``monai.transforms.Spacingd``.
-    """
-
-    def __call__(self, data: Mapping, lazy: bool | None = None) -> dict:
-        d = dict(data)
-        prefixes = tuple(f"{key}_" for key in self.keys)
-        aside = {
-            k: d.pop(k)
-            for k in list(d)
-            if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], Mapping)
-        }
-        d = super().__call__(d, lazy=lazy)
-        d.update(aside)
-        return d

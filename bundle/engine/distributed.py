@@ -8,14 +8,14 @@ The bundle trains with ``torchrun --nproc_per_node=N -m monai.bundle run --confi
   warnings only;
 - the student is wrapped in ``DistributedDataParallel`` (gradients all-reduced, parameters and BatchNorm
   buffers broadcast from rank 0 before every forward pass); the EMA teacher copies the unwrapped module;
-- the labelled and unlabelled loaders use :class:`bundle.data.samplers.RepeatedShuffleSampler`, a ``DistributedSampler``
-  that reads the rank and world size of the initialised group: each rank draws its own share of one common
-  seeded permutation (MONAI's workflow calls ``set_epoch`` on the labelled sampler every engine epoch; the
-  unlabelled stream calls it every pass);
-- :class:`BroadcastBuffers` keeps the teacher identical on every rank: the EMA of the parameters is already
-  identical (DDP keeps the student's parameters equal), but the student's BatchNorm running statistics are
-  updated by each rank's own batch, so the teacher's buffers are broadcast from rank 0 after every step (and
-  the student's before every validation);
+- the labelled and unlabelled loaders use :class:`bundle.data.samplers.RepeatedShuffleSampler`, a
+  ``DistributedSampler`` that reads the rank and world size of the initialised group: each rank draws its own
+  share of one common seeded permutation (MONAI's workflow calls ``set_epoch`` on the labelled sampler every
+  engine epoch; the unlabelled stream calls it every pass);
+- :class:`bundle.handlers.broadcast.BroadcastBuffers` keeps the teacher identical on every rank: the EMA of the
+  parameters is already identical (DDP keeps the student's parameters equal), but the student's BatchNorm running
+  statistics are updated by each rank's own batch, so the teacher's buffers are broadcast from rank 0 after every
+  step (and the student's before every validation);
 - validation runs on every rank over its share of the validation set (:func:`validation_sampler`) with the
   unwrapped student; MONAI's metrics gather the per-case values of all ranks, so every rank sees the same
   metric and the same best checkpoint; only rank 0 writes checkpoints, ``model.pt``, the loss log and
@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from ignite.engine import Engine, Events
 
 __all__ = [
     "init_distributed",
@@ -43,7 +42,7 @@ __all__ = [
     "is_rank0",
     "rank_handlers",
     "validation_sampler",
-    "BroadcastBuffers",
+    "unwrap_model",
 ]
 
 #: handler classes that only rank 0 runs (by class name, so that MONAI's and Ignite's variants both match)
@@ -105,8 +104,9 @@ def _initialized() -> bool:
 
 
 def rank() -> int:
-    """Rank of this process in the default group (0 when not distributed)."""
-    return dist.get_rank() if _initialized() else 0
+    """Rank of this process: in the default group once it exists, else the ``RANK`` that ``torchrun`` sets (0 when
+    not distributed). The one rank helper of the bundle: only rank 0 writes files."""
+    return dist.get_rank() if _initialized() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
@@ -117,6 +117,18 @@ def world_size() -> int:
 def is_rank0() -> bool:
     """Whether this process is rank 0 (True when not distributed)."""
     return rank() == 0
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain network inside ``DistributedDataParallel`` / ``DataParallel`` (``.module``) or ``torch.compile``
+    (``._orig_mod``) wrappers; ``model`` itself otherwise."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def rank_handlers(handlers: Sequence[Any], rank0_only: Sequence[str] = RANK0_ONLY_HANDLERS) -> list[Any]:
@@ -159,46 +171,3 @@ def validation_sampler(dataset: Sized) -> torch.utils.data.Sampler | None:
     return DistributedSampler(
         dataset, even_divisible=len(dataset) < world, num_replicas=world, rank=rank(), shuffle=False
     )
-
-
-class BroadcastBuffers:
-    """Broadcast the floating-point buffers (BatchNorm running statistics) of a network from rank 0 when an event
-    of the engine it is attached to fires, so that the network is identical on every rank.
-
-    Used for the EMA teacher after every iteration: its parameters are the EMA of the student's, which DDP keeps
-    equal on every rank, but the student's running statistics are updated by each rank's own batch during the
-    forward pass (DDP re-broadcasts them from rank 0 only before the next forward), so their EMA would drift apart.
-    Used for the student before validation, so that every rank validates rank 0's statistics (those saved).
-    Does nothing when the process group is not initialised or has one process.
-
-    Args:
-        network: an :class:`bundle.method.teacher.EMATeacher` (its ``model``), a DDP-wrapped or a plain module.
-        event: name of the Ignite event. Defaults to ``"ITERATION_COMPLETED"``.
-    """
-
-    def __init__(self, network: Any, event: str = "ITERATION_COMPLETED"):
-        if not hasattr(Events, event):
-            raise ValueError(f"unknown Ignite event {event!r}")
-        self.network = network
-        self.event = getattr(Events, event)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(self.event, self)
-
-    def _module(self) -> torch.nn.Module:
-        module = getattr(self.network, "model", self.network)
-        return getattr(module, "module", module)
-
-    @torch.no_grad()
-    def __call__(self, engine: Engine | None = None) -> None:
-        if self.network is None or world_size() < 2:
-            return
-        buffers = [b for b in self._module().buffers() if b.is_floating_point()]
-        if not buffers:
-            return
-        flat = torch.cat([b.reshape(-1) for b in buffers])
-        dist.broadcast(flat, src=0)
-        offset = 0
-        for b in buffers:
-            b.copy_(flat[offset : offset + b.numel()].view_as(b))
-            offset += b.numel()

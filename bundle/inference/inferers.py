@@ -1,4 +1,7 @@
-"""The paper's strided sliding-window test protocol as a MONAI ``Inferer``.
+"""Inferers: the paper's strided sliding-window test protocol as a MONAI ``Inferer``, and class probabilities with
+optional flip test-time augmentation (:class:`ProbabilityInferer`, the ``inferer`` of ``configs/inference.json``).
+
+:class:`StridedSlidingWindowInferer`
 
 This is the UA-MT / MC-Net ``test_single_case`` used to produce every published PLGDF number
 (LA: window 112x112x80, stride 18x18x4; Pancreas and BraTS: window 96^3, stride 16^3):
@@ -25,9 +28,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.utils.type_conversion import convert_to_dst_type
 
-__all__ = ["window_starts", "count_windows", "StridedSlidingWindowInferer"]
+__all__ = ["window_starts", "count_windows", "StridedSlidingWindowInferer", "ProbabilityInferer"]
 
 _PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
@@ -182,3 +187,54 @@ class StridedSlidingWindowInferer(Inferer):
         score = score / count
         crop = tuple(slice(before, before + s) for (before, _), s in zip(padding, spatial))
         return score[(slice(None), slice(None), *crop)]
+
+
+class ProbabilityInferer(Inferer):
+    """Class probabilities ``(B, C, H, W, D)`` from a sliding-window inferer, optionally averaged over flips.
+
+    With flip sets ``F = {identity} + flip_axes`` (test-time augmentation):
+
+    .. math::
+        P(x) = \\frac{1}{|F|} \\sum_{f \\in F} f^{-1}\\left(\\mathrm{softmax}_c\\, I(f(x))\\right),
+
+    where ``I`` is the inner inferer (``softmax`` is skipped when it already returns probabilities, as
+    :class:`StridedSlidingWindowInferer` does). Flips are their own inverse.
+
+    Args:
+        inferer: the inner inferer, e.g. ``monai.inferers.SlidingWindowInferer`` (logits) or
+            ``StridedSlidingWindowInferer`` (probabilities).
+        flip_axes: spatial axes flipped together per extra pass, e.g. ``[[0], [1], [2]]`` (three extra passes).
+            Default ``()``: no test-time augmentation.
+        softmax: apply a softmax over channels to the inner output; ``None`` (default) decides by type (False
+            for ``StridedSlidingWindowInferer``, True otherwise).
+    """
+
+    def __init__(self, inferer: Inferer, flip_axes: Sequence[Sequence[int]] = (), softmax: bool | None = None) -> None:
+        super().__init__()
+        if not callable(inferer):
+            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
+        self.inferer = inferer
+        self.flip_axes = [tuple(int(a) for a in axes) for axes in (flip_axes or ())]
+        for axes in self.flip_axes:
+            if not axes or any(a < 0 or a > 2 for a in axes):
+                raise ValueError(f"flip_axes entries must be non-empty lists of spatial axes 0..2, got {flip_axes}.")
+        self.softmax = not isinstance(inferer, StridedSlidingWindowInferer) if softmax is None else bool(softmax)
+
+    def _probs(self, x: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.inferer(x, network, *args, **kwargs)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the inner inferer must return one tensor, got {type(out).__name__}.")
+        out = out.float()
+        return torch.softmax(out, dim=1) if self.softmax else out
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Probabilities for ``inputs`` ``(B, C_in, H, W, D)``; extra arguments go to the inner inferer."""
+        x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        prob = self._probs(x, network, *args, **kwargs)
+        for axes in self.flip_axes:
+            dims = [a + 2 for a in axes]
+            prob = prob + torch.flip(self._probs(torch.flip(x, dims), network, *args, **kwargs), dims)
+        prob = prob / (1 + len(self.flip_axes))
+        if isinstance(inputs, MetaTensor):  # keep the input's meta data (Invertd and the saver read it)
+            prob = convert_to_dst_type(prob, inputs, dtype=prob.dtype)[0]
+        return prob

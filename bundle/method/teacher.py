@@ -9,19 +9,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["EMATeacher", "unwrap_model"]
+from bundle.engine.distributed import unwrap_model
 
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain network inside ``DistributedDataParallel`` / ``DataParallel`` (``.module``) or ``torch.compile``
-    (``._orig_mod``) wrappers; ``model`` itself otherwise."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
+__all__ = ["EMATeacher"]
 
 
 class EMATeacher:
@@ -156,11 +146,6 @@ class EMATeacher:
         n = x_noisy.shape[0] // n_copies
         mean_probs = probs.reshape(n_copies, n, *probs.shape[1:]).mean(dim=0)
         return mean_probs.argmax(dim=1), mean_probs
-
-    def __call__(self, x: torch.Tensor) -> Any:
-        """The teacher network's forward pass (no gradient), in its current mode."""
-        with torch.no_grad():
-            return self.model(x)
 
     def to(self, *args: Any, **kwargs: Any) -> EMATeacher:
         """Move the teacher network (``nn.Module.to`` arguments); returns ``self``."""

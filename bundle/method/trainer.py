@@ -59,7 +59,7 @@ class PLGDFTrainer(SupervisedTrainer):
         noise_labeled: add noise to the labelled rows. Defaults to True.
         semi, consistency, sharpening: switch L_semi, L_consis and L_sharp. Default True.
         amp: autocast on CUDA (ignored on CPU). ``amp_dtype``: "bfloat16" or "float16" (with a GradScaler).
-        cpu_amp: bfloat16 autocast on CPU (a numerics change, off by default; fast only on CPUs with native bf16
+        amp_cpu: bfloat16 autocast on CPU (a numerics change, off by default; fast only on CPUs with native bf16
             instructions such as AVX512-BF16 or AMX, slower than fp32 elsewhere: measure with
             ``python -m scripts.bench_speed --precision bf16``).
         channels_last: run the networks in ``torch.channels_last_3d`` memory format.
@@ -89,7 +89,7 @@ class PLGDFTrainer(SupervisedTrainer):
         sharpening: bool = True,
         amp: bool = False,
         amp_dtype: str = "bfloat16",
-        cpu_amp: bool = False,
+        amp_cpu: bool = False,
         channels_last: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = True,
@@ -121,7 +121,7 @@ class PLGDFTrainer(SupervisedTrainer):
         if use_amp and amp_dtype == "bfloat16":
             self.scaler = None
         self.use_amp = use_amp
-        self.use_cpu_amp = bool(cpu_amp) and device.type == "cpu"
+        self.amp_cpu = bool(amp_cpu) and device.type == "cpu"
         self.unlabeled_loader = unlabeled_loader
         self.unlabeled_iter = iter(unlabeled_loader) if unlabeled_loader is not None else None
         self.use_unlabeled = self.unlabeled_iter is not None and (semi or consistency or sharpening)
@@ -154,7 +154,7 @@ class PLGDFTrainer(SupervisedTrainer):
     def _autocast(self):
         if self.use_amp:
             return torch.autocast("cuda", **self.amp_kwargs)
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.use_cpu_amp)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp_cpu)
 
     def next_unlabeled(self) -> torch.Tensor:
         batch = next(self.unlabeled_iter)

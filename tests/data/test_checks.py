@@ -1,6 +1,5 @@
 """Tests of bundle/data/checks.py: one test per bad input (error type and the file named in the message), the
-readable command-line error, the empty-unlabelled fallback, and the inference-side pieces (per-case failures,
-summary, exit status, atomic output files)."""
+readable command-line error and the empty-unlabelled fallback."""
 
 from __future__ import annotations
 
@@ -19,20 +18,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from bundle.data.checks import (
-    AtomicNibabelWriter,
-    CaseReport,
-    DataValidationError,
-    _excepthook,
-    check_image_file,
-    check_training_inputs,
-    find_leaks,
-    run_cases,
-)
+from bundle.data.checks import check_image_file, check_training_inputs, find_leaks
 from bundle.data.datalist import load_datalist
 from bundle.data.demo import generate_demo_dataset
 from bundle.data.samplers import unlabeled_stream
-from bundle.engine.checkpoint import CheckpointError, NonFiniteLossError
+from bundle.engine.errors import DataValidationError
 from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, run_bundle
 
 SHAPE = (12, 10, 8)
@@ -336,40 +326,6 @@ def test_headers_only_mode_skips_voxels(cases: dict) -> None:
     check(cases, check_voxels=False)
 
 
-# -- readable errors ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "error",
-    [DataValidationError("/x/a.nii.gz: bad"), NonFiniteLossError("nan at 3"), CheckpointError("cannot read /x/c.pt")],
-)
-def test_error_hook_prints_the_message_last(error: Exception, monkeypatch) -> None:
-    try:
-        try:
-            raise error
-        except Exception as e:
-            raise RuntimeError("Failed to evaluate ConfigExpression: ...") from e
-    except RuntimeError as wrapped:
-        stderr = io.StringIO()
-        monkeypatch.setattr(sys, "stderr", stderr)
-        _excepthook(type(wrapped), wrapped, wrapped.__traceback__, sys.__excepthook__)
-    lines = stderr.getvalue().strip().splitlines()
-    assert lines[-1] == f"{type(error).__name__}: {error}"
-    assert "Traceback" not in stderr.getvalue()
-
-
-def test_error_hook_keeps_tracebacks_of_other_errors(monkeypatch) -> None:
-    try:
-        try:
-            raise KeyError("x")
-        except KeyError as e:
-            raise RuntimeError("Failed to evaluate ConfigExpression: ...") from e
-    except RuntimeError as wrapped:
-        stderr = io.StringIO()
-        monkeypatch.setattr(sys, "stderr", stderr)
-        _excepthook(type(wrapped), wrapped, wrapped.__traceback__, lambda *a: print("TRACEBACK", file=sys.stderr))
-    assert stderr.getvalue().strip().splitlines()[-1] == "root cause: KeyError: 'x'"
-
-
-# -- inference-side pieces ------------------------------------------------------------------------------
 def test_check_image_file(tmp_path: Path) -> None:
     good = nifti(tmp_path / "scan.nii.gz", image(0))
     info = check_image_file(good)
@@ -378,59 +334,6 @@ def test_check_image_file(tmp_path: Path) -> None:
     bad.write_bytes(b"\x1f\x8b" + b"garbage" * 10)
     with pytest.raises(DataValidationError, match="corrupt.nii.gz"):
         check_image_file(bad)
-
-
-def test_case_report_keeps_going_and_exits_non_zero(tmp_path: Path) -> None:
-    files = [nifti(tmp_path / f"scan{i}.nii.gz", image(i)) for i in range(3)]
-    Path(files[1]).write_bytes(b"corrupt")
-    report = CaseReport(summary_file=tmp_path / "out" / "summary.json")
-    good = report.filter([{"image": f} for f in files])
-    assert [g["image"] for g in good] == [files[0], files[2]]
-    report.record_output(tmp_path / "out" / "scan0_seg.nii.gz")
-    with pytest.raises(SystemExit) as exit_info:
-        report.finish()
-    assert exit_info.value.code == 1
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["total"] == 3 and summary["succeeded"] == 2 and summary["failed"] == 1
-    assert files[1] in summary["failures"][0]["case"] and files[1] in summary["failures"][0]["error"]
-
-
-def test_case_report_without_failures(tmp_path: Path) -> None:
-    report = CaseReport(summary_file=tmp_path / "summary.json")
-    results = run_cases([1, 2, 0, 4], lambda x: 8 // x, report, name=lambda x: f"case{x}")
-    assert results == [8, 4, 2] and report.failed == 1 and "ZeroDivisionError" in report.failures[0]["error"]
-    ok = CaseReport(summary_file=tmp_path / "ok.json")
-    ok.filter([nifti(tmp_path / "a.nii.gz", image(0))])
-    assert ok.finish()["failed"] == 0
-
-
-def test_atomic_writer_never_leaves_a_partial_output(tmp_path: Path, monkeypatch) -> None:
-    from monai.data import MetaTensor, NibabelWriter
-    from monai.transforms import SaveImage
-
-    target = tmp_path / "out" / "case" / "case_seg.nii.gz"
-    assert issubclass(AtomicNibabelWriter, NibabelWriter)
-    save = SaveImage(
-        output_dir=tmp_path / "out",
-        output_postfix="seg",
-        writer="bundle.data.checks.AtomicNibabelWriter",
-        separate_folder=True,
-        print_log=False,
-    )
-    pred = MetaTensor(torch.ones(1, *SHAPE), affine=torch.as_tensor(AFFINE), meta={"filename_or_obj": "case.nii.gz"})
-    save(pred)
-    assert np.asarray(nib.load(target).dataobj).sum() == np.prod(SHAPE)
-    before = target.read_bytes()
-
-    def crash(img, filename, *args, **kwargs):
-        Path(filename).write_bytes(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(nib, "save", crash)
-    with pytest.raises(Exception, match="disk full"):
-        save(pred * 0)
-    assert target.read_bytes() == before  # the old output is untouched
-    assert sorted(p.name for p in target.parent.iterdir()) == ["case_seg.nii.gz"]  # no temporary left
 
 
 # -- the real training command --------------------------------------------------------------------------

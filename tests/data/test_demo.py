@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from bundle.data.datalist import load_datalist
 from bundle.data.demo import ensure_demo_dataset, generate_demo_dataset
-from bundle.data.transforms import preprocessing_transforms
+from tests.conftest import config_content
 
 TINY = dict(n_labelled=1, n_unlabelled=1, n_val=1, n_test=1, shape=(24, 24, 8), spacing=(1.5, 1.5, 4.0))
 
@@ -73,7 +73,7 @@ def test_geometry_and_content(demo_datalist: Path) -> None:
 
 def test_preprocessing_round_trip(demo_datalist: Path) -> None:
     case = load_datalist(demo_datalist)["training"][0]
-    pre = Compose(preprocessing_transforms(spacing=(1.2, 1.2, 2.5), modality="ct", patch_size=(32, 32, 32)))
+    pre = config_content("preprocessing", spacing=[1.2, 1.2, 2.5], modality="ct", patch_size=[32, 32, 32])
     out = pre(case)
     assert nib.aff2axcodes(out["image"].affine.numpy()) == ("R", "A", "S")
     np.testing.assert_allclose(out["image"].pixdim, (1.2, 1.2, 2.5))
@@ -104,9 +104,9 @@ def test_ensure_skips_existing_and_refuses_foreign_folder(
 
 
 def test_cli(tmp_path: Path, repo_root: Path) -> None:
-    cmd = [sys.executable, str(repo_root / "scripts" / "make_demo_data.py"), "--out", str(tmp_path / "d")]
+    cmd = [sys.executable, "-m", "scripts.make_demo_data", "--out", str(tmp_path / "d")]
     cmd += ["--seed", "1", "--n-unlabelled", "1", "--n-val", "0", "--n-test", "0", "--shape", "16", "16", "6"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "Generated" in res.stdout
     assert len(load_datalist(tmp_path / "d" / "datalist.json")["training"]) == 4

@@ -1,4 +1,4 @@
-"""Tests of bundle.data.prepare and the scripts/prepare_*.py commands: LA lists, Pancreas-CT (DICOM), BraTS FLAIR."""
+"""Tests of bundle.data.prepare* and the scripts.prepare_* commands: LA lists, Pancreas-CT (DICOM), BraTS FLAIR."""
 
 from __future__ import annotations
 
@@ -14,16 +14,9 @@ import pytest
 import SimpleITK as sitk
 
 from bundle.data.datalist import load_datalist
-from bundle.data.prepare import (
-    find_brats_cases,
-    la_entries,
-    prepare_brats,
-    prepare_la,
-    prepare_pancreas,
-    read_dicom_series,
-    read_list,
-    split_cases,
-)
+from bundle.data.prepare import la_entries, prepare_la, read_dicom_series, read_list, split_cases
+from bundle.data.prepare_brats import find_brats_cases, prepare_brats
+from bundle.data.prepare_pancreas import prepare_pancreas
 from tests.conftest import REPO_ROOT, shared_path
 
 

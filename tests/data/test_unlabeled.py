@@ -8,7 +8,8 @@ import torch
 from ignite.engine import Engine
 
 from bundle.data.demo import generate_demo_dataset
-from bundle.data.unlabeled import TeacherFromStudent, images_without_label, unlabeled_data
+from bundle.data.unlabeled import images_without_label, unlabeled_data
+from bundle.handlers.teacher_init import TeacherFromStudent
 from bundle.method.teacher import EMATeacher
 
 
@@ -81,7 +82,7 @@ def test_teacher_from_student_on_fresh_start_only():
 def test_spacingd_keeps_monailabel_image_path(tmp_path):
     from monai.transforms import Compose, Invertd, LoadImaged
 
-    from bundle.data.unlabeled import Spacingd
+    from bundle.data.transforms import Spacingd
 
     generate_demo_dataset(tmp_path, n_labelled=1, n_unlabelled=0, n_val=0, n_test=0, shape=(24, 24, 8))
     image = str(tmp_path / "imagesTr" / "demo_000.nii.gz")

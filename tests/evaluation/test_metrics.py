@@ -1,4 +1,5 @@
-"""Tests of bundle.evaluation.metrics: hand-computed tiny masks, agreement with medpy (random and real masks), empty policy."""
+"""Tests of bundle.evaluation.metrics: hand-computed tiny masks, agreement with medpy (random and real masks),
+empty policy."""
 
 from __future__ import annotations
 

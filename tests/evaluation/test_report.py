@@ -1,4 +1,5 @@
-"""Tests of bundle.evaluation.report: reports on known masks, the empty-prediction policy, padding removal, protocols."""
+"""Tests of bundle.evaluation.report and .evaluate: reports on known masks, the empty-prediction policy, padding
+removal, protocols."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import SpatialPadd
 
+from bundle.evaluation.evaluate import describe_inferer, paper_stride
 from bundle.evaluation.metrics import METRIC_KEYS, case_metrics, summarize
-from bundle.evaluation.report import EvaluationReport, describe_inferer, paper_stride, strip_padding
-from bundle.inference.inferers import StridedSlidingWindowInferer
-from bundle.inference.writers import ProbabilityInferer
+from bundle.evaluation.report import EvaluationReport, strip_padding
+from bundle.inference.inferers import ProbabilityInferer, StridedSlidingWindowInferer
 
 
 def _ball(shape, centre, radius):
@@ -148,7 +149,7 @@ def test_evaluate_checkpoint_on_la_h5_cases(tmp_path):
     import h5py
 
     from bundle.data.transforms import LoadVolumed
-    from bundle.evaluation.report import evaluate_checkpoint
+    from bundle.evaluation.evaluate import evaluate_checkpoint
     from bundle.method.networks import PLGDFVNet
 
     shape = (40, 36, 24)

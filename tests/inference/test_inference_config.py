@@ -23,8 +23,10 @@ from scipy import ndimage
 
 from bundle.data.demo import generate_demo_dataset
 from bundle.evaluation.metrics import case_metrics
-from bundle.inference.inferers import StridedSlidingWindowInferer
-from bundle.inference.writers import KeepLargestComponentd, ProbabilityInferer, SaveMaskd, list_inputs, output_path
+from bundle.inference.inferers import ProbabilityInferer, StridedSlidingWindowInferer
+from bundle.inference.inputs import list_inputs
+from bundle.inference.postprocessing import KeepLargestComponentd
+from bundle.inference.writers import SaveMaskd, output_path
 from tests.conftest import REPO_ROOT, run_bundle, shared_path
 
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from bundle.engine.distributed import unwrap_model
 from bundle.method.losses import PyramidSupervisedLoss
 from bundle.method.networks import PLGDFVNet
-from bundle.method.teacher import EMATeacher, unwrap_model
+from bundle.method.teacher import EMATeacher
 
 
 def tiny_net(weight: float, bias: float, mean: float, var: float, tracked: int) -> nn.Module:
