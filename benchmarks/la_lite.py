@@ -27,6 +27,7 @@ from typing import Any
 
 from bundle.data.datalist import write_datalist
 from bundle.data.prepare import la_entries
+from bundle.engine.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT_FILE = ROOT / "configs" / "la_lite_split.json"
@@ -363,6 +364,4 @@ def report(
 
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=1)

@@ -162,11 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, out)
+        from bundle.engine.files import write_text_atomic
+
+        write_text_atomic(args.out, text + "\n")
     return result
 
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 
+from bundle.engine.checkpoint import TrainingState
 from bundle.engine.distributed import is_rank0
 from bundle.engine.files import write_text_atomic
 from bundle.handlers.terms import iteration_terms
 
-__all__ = ["RunLog", "ValidationLog"]
+__all__ = ["RunLog", "ValidationLog", "append_record"]
 
 logger = logging.getLogger("plgdf")
 
@@ -61,9 +62,7 @@ class RunLog:
 
     def write(self, record: dict) -> None:
         """Append one record (rank 0 only)."""
-        if self.path is not None and is_rank0():
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        append_record(self.path, record)
 
     def _iteration(self, engine: Engine) -> None:
         values = iteration_terms(engine)
@@ -73,16 +72,26 @@ class RunLog:
 
 
 class ValidationLog:
-    """In ``validate#handlers``: after every validation, append ``{"iteration": N, "val_dice": value}`` to the
-    training's :class:`RunLog` (``N`` the trainer's iteration) and log the value with the best so far.
+    """In ``validate#handlers``: after every validation, append ``{"iteration": N, "val_dice": value}`` to the run's
+    JSON-lines log (``N`` the trainer's iteration, read from the training state) and log the value with the best so
+    far (rank 0 only).
 
     Args:
-        run_log: the trainer's :class:`RunLog`.
+        output_dir: folder of the log; ``None`` keeps no file.
+        state: the run's :class:`bundle.engine.checkpoint.TrainingState` (it knows the trainer).
         metric_name: the evaluator's key metric. Defaults to ``"val_mean_dice"``.
+        log_file: file name, that of :class:`RunLog`. Defaults to ``"log.jsonl"``.
     """
 
-    def __init__(self, run_log: RunLog, metric_name: str = "val_mean_dice"):
-        self.run_log = run_log
+    def __init__(
+        self,
+        output_dir: str | None,
+        state: TrainingState,
+        metric_name: str = "val_mean_dice",
+        log_file: str = "log.jsonl",
+    ):
+        self.path = Path(output_dir) / log_file if output_dir else None
+        self.state = state
         self.metric_name = metric_name
 
     def attach(self, engine: Engine) -> None:
@@ -92,8 +101,15 @@ class ValidationLog:
         value = engine.state.metrics.get(self.metric_name)
         if value is None:
             return
-        trainer = self.run_log.trainer
+        trainer = self.state.trainer
         it = trainer.state.iteration if trainer is not None else -1
         best = getattr(engine.state, "best_metric", float("nan"))
-        self.run_log.write({"iteration": it, "val_dice": float(value)})
+        append_record(self.path, {"iteration": it, "val_dice": float(value)})
         logger.info(f"iteration {it}: validation {self.metric_name} {float(value):.4f} (best {float(best):.4f})")
+
+
+def append_record(path: Path | None, record: dict) -> None:
+    """Append one JSON record to the log ``path`` (rank 0 only; nothing when ``path`` is None)."""
+    if path is not None and is_rank0():
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
