@@ -6,7 +6,7 @@ float32 (logits are cast with ``.float()``), so the losses are safe under ``torc
 ``.item()`` or otherwise synchronises with the host.
 
 Each loss has a ``reference`` form (or switch) that reproduces the authors' public code exactly; the defaults are
-the paper's method (see ``docs/method.md`` of the project, "Reference-code behaviour").
+the paper's method (see ``docs/method_notes.md``, "What reference.json changes").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The four-output V-Net used by PLGDF.
 
-Architecture (``docs/method.md`` of the project, after the MC-Net / URPC V-Net):
+Architecture (``docs/method_notes.md``, "Network"; after the MC-Net / URPC V-Net):
 
 - Encoder stages of 1, 2, 3, 3, 3 convolutions (3x3x3 conv + BatchNorm + ReLU) at widths
   ``n_filters * (1, 2, 4, 8, 16)``, separated by 2x2x2 stride-2 convolutions (+ BN + ReLU).

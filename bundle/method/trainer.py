@@ -1,6 +1,6 @@
 """The PLGDF semi-supervised training step as a MONAI ``SupervisedTrainer``.
 
-One iteration (``docs/method.md`` "One training iteration"):
+One iteration (``docs/method_notes.md``, "One iteration"):
 
 1. ``x_u_noisy`` = K noisy copies of the unlabelled batch (copy-major); ``x_l_noisy`` = n(x_l).
 2. Pseudo-labels: one batched no-grad teacher forward over all K copies; softmax of P1 averaged

@@ -9,7 +9,7 @@ from bundle.method.networks import PLGDFVNet, count_parameters
 
 
 def _expected_parameters(cin: int, ncls: int, f: int) -> int:
-    """Parameter count derived from the architecture in docs/method.md, layer by layer."""
+    """Parameter count derived from the architecture in docs/method_notes.md, layer by layer."""
 
     def conv(i, o, k):  # weight + bias
         return i * o * k**3 + o
@@ -36,7 +36,7 @@ def test_parameter_count_width16_two_classes():
     net = PLGDFVNet(in_channels=1, out_channels=2, n_filters=16)
     n = count_parameters(net)
     assert n == _expected_parameters(1, 2, 16)
-    assert n == 9_449_320  # "about 9.4 M" (method.md)
+    assert n == 9_449_320  # "9,449,320 parameters at width 16" (method_notes.md)
 
 
 @pytest.mark.parametrize("shape", [(16, 16, 16), (32, 16, 48), (48, 32, 16)])
