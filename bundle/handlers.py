@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("plgdf")
-SCALAR_KEYS = ("loss", "loss_sup", "loss_semi", "loss_consis", "loss_sharp", "lambda", "pseudo_fg")
+SCALAR_KEYS = ("loss", "loss_sup", "loss_semi", "loss_consis", "loss_sharp", "lambda", "pseudo_fg", "label_fg")
 
 
 class NonFiniteLossError(RuntimeError):
