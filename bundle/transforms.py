@@ -153,6 +153,11 @@ class SimpleITKVolumeReader(ImageReader):
         return array, meta
 
 
+# the meta-data every reader provides; reader-specific header fields (NIfTI's ``sizeof_hdr``, ...) are dropped, so that
+# a batch may mix NIfTI, NRRD, MetaImage and h5 cases (collating dicts with different keys fails)
+COMMON_META_KEYS = ("affine", "original_affine", "spatial_shape", "original_channel_dim", "space", "filename_or_obj")
+
+
 class LoadVolumed(MapTransform):
     """Load volumes as channel-first ``MetaTensor`` ``(C, H, W, D)`` with MONAI ``LoadImage``: NIfTI (and other
     formats) with its default readers chosen by suffix, NRRD/MetaImage with :class:`SimpleITKVolumeReader`, and
@@ -160,7 +165,8 @@ class LoadVolumed(MapTransform):
 
     For an ``.h5`` path the dataset named like the key is read for ``"label"``, ``"image"`` for any other key;
     its affine is ``diag(h5_spacing, h5_spacing, h5_spacing, 1)`` (RAS). ``meta["filename_or_obj"]`` is the
-    file path in both cases.
+    file path in both cases. The meta-data keep the keys of :data:`COMMON_META_KEYS` only, the same for every
+    format, so that cases of different formats collate into one batch.
 
     Args:
         keys: keys of the paths to load.
@@ -188,6 +194,8 @@ class LoadVolumed(MapTransform):
             h5_reader = self.h5_readers["label" if key == "label" else "image"]
             reader = next((r for r in (h5_reader, self.sitk_reader) if r.verify_suffix(d[key])), None)
             d[key] = self.loader(d[key], reader=reader)
+            for name in [k for k in d[key].meta if str(k) not in COMMON_META_KEYS]:
+                del d[key].meta[name]
             if not self.image_only:
                 d[f"{key}_meta_dict"] = dict(d[key].meta)
         return d
