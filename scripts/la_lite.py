@@ -7,6 +7,18 @@
     python -m scripts.la_lite windows                    # sliding-window settings: Dice and s/volume vs the paper's
     python -m scripts.la_lite all                        # all of the above; arms in sequence (default: the three)
 
+The campaign (labelled budget and seed first-class; see docs/results.md):
+
+    python -m scripts.la_lite run --arm-name plgdf --labels 4 --seed 0   # train + evaluate one run
+    python -m scripts.la_lite campaign                   # the 15 runs in order, resumable, figures per run
+    python -m scripts.la_lite campaign --plan plgdf-4:0 --plan supervised-4:0 --commit-repo .
+    python -m scripts.la_lite summary                    # statistics, tables, curves from the per-run figures
+
+A campaign run lives in <run-root>/labels<N>/<arm>/seed<k>; after it ends its figures go to
+<results-dir>/la_lite_runs/<arm>-<N>_seed<k>.json (default results dir docs/results), the summary
+(la_lite_summary.json, la_lite_campaign.md, la_lite_curves_<N>labels.png) is rebuilt, and with --commit-repo
+those files are committed there. An interrupted run resumes from its checkpoint_last.pt; finished runs are skipped.
+
 --la-dir defaults to ../shared/data/LA. Score the trained checkpoints on any other folder + list of LA h5 cases
 (same 1.25 mm resampling)::
 
@@ -29,7 +41,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import la_lite
+from benchmarks import campaign, la_lite
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["prepare", "train", "evaluate", "report", "windows", "all"])
+    parser.add_argument(
+        "step", choices=["prepare", "train", "evaluate", "report", "windows", "all", "run", "campaign", "summary"]
+    )
     parser.add_argument("--la-dir", default="../shared/data/LA", help="LA folder (default ../shared/data/LA)")
     parser.add_argument("--run-root", default="runs/la_lite", help="outputs (default runs/la_lite)")
     parser.add_argument("--arm", action="append", choices=list(la_lite.ARMS), help="repeatable; default all three")
@@ -65,9 +79,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint", choices=["last", "best"], default="last", help="windows: which checkpoint (default last)"
     )
+    parser.add_argument("--arm-name", choices=list(campaign.METHODS), help="run: the arm (method)")
+    parser.add_argument("--labels", type=int, choices=[4, 8, 16, 72], help="run: labelled budget")
+    parser.add_argument("--seed", type=int, default=0, help="run: seed (default 0)")
+    parser.add_argument("--plan", action="append", help="campaign: run spec <arm>-<labels>:<seed>, repeatable")
+    parser.add_argument("--results-dir", default="docs/results", help="run/campaign/summary: figures folder")
+    parser.add_argument("--commit-repo", help="campaign: commit each run's figures in this git checkout")
     args = parser.parse_args(argv)
     arms = args.arm or list(la_lite.DEFAULT_ARMS)
     try:
+        if args.step in ("run", "campaign"):
+            if args.step == "run":
+                if not args.arm_name or not args.labels:
+                    raise ValueError("run needs --arm-name and --labels (and optionally --seed).")
+                plan = [f"{args.arm_name}-{args.labels}:{args.seed}"]
+            else:
+                plan = args.plan or list(campaign.DEFAULT_PLAN)
+            run_root = args.run_root if args.run_root != "runs/la_lite" else "runs/la_lite_campaign"
+            done = campaign.run_campaign(
+                plan, run_root, args.la_dir, args.results_dir, extra, args.split, args.commit_repo
+            )
+            print(f"[campaign] finished {len(done)} run(s): {', '.join(done) or 'none (all had figures)'}")
+            return 0
+        if args.step == "summary":
+            out = campaign.summarize(args.results_dir)
+            print(campaign.markdown(out, campaign.load_figures(args.results_dir)))
+            return 0
         if args.step in ("prepare", "all"):
             written = la_lite.prepare(args.la_dir, args.run_root, args.split)
             print("[la-lite] wrote " + ", ".join(str(p) for p in written.values()), flush=True)
@@ -105,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(markdown(results))
             print(f"[la-lite] window study in {report_dir}", flush=True)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -181,3 +181,39 @@ def test_no_file_over_25_mb():
         if p.is_file() and p.stat().st_size > MAX_FILE_BYTES
     ]
     assert not big, "files over 25 MB (the Model Zoo limit): " + ", ".join(big)
+
+
+def _install_requires() -> dict[str, str]:
+    """``{normalised name: specifier}`` of setup.cfg's install_requires."""
+    from packaging.requirements import Requirement
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    reqs = [Requirement(line) for line in setup["options"]["install_requires"].split("\n") if line.strip()]
+    return {r.name.lower().replace("_", "-"): r.specifier for r in reqs}
+
+
+def test_metadata_pins_match_setup_cfg():
+    """The Zoo's CI installs exactly the metadata's versions (ci/get_bundle_requirements.py); pip installs setup.cfg's
+    ranges: every pin is inside its range and every dependency is pinned (the pins are also chosen to install on
+    Python 3.10-3.12, e.g. scipy 1.15.x: scipy >= 1.16 needs Python 3.11)."""
+    meta = _metadata()
+    pins = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
+    pins.update({k.lower(): v for k, v in meta["required_packages_version"].items()})
+    ranges = _install_requires()
+    assert set(pins) == set(ranges), (sorted(set(pins) - set(ranges)), sorted(set(ranges) - set(pins)))
+    outside = {name: (pins[name], str(spec)) for name, spec in ranges.items() if pins[name] not in spec}
+    assert not outside, f"metadata pins outside setup.cfg's ranges: {outside}"
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    assert setup["options"]["python_requires"] == ">=3.10"
+    assert _version_key(pins["scipy"]) < (1, 16)  # scipy 1.16+ has no Python 3.10 wheels
+
+
+def test_metadata_names_the_target_and_reference():
+    meta = _metadata()
+    image = meta["network_data_format"]["inputs"]["image"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert (image["modality"], image["format"]) == ("CT", "hounsfield")
+    assert pred["value_range"] == [0, 1] and pred["channel_def"]["1"] not in ("organ", "foreground", "")
+    assert "arXiv:2311.10349" in meta["references"][0] and "2025" in meta["references"][0]

@@ -28,11 +28,17 @@ __all__ = [
     "Spacingd",
     "MODALITIES",
     "DEFAULT_FOREGROUND_THRESHOLD",
+    "COMMON_META_KEYS",
 ]
 
 MODALITIES = ("ct", "mr", "flair", "none")
 #: ``CropForegroundd`` keeps voxels with ``image > threshold`` (raw intensities, before scaling).
 DEFAULT_FOREGROUND_THRESHOLD = {"ct": -500.0, "mr": 0.0, "flair": 0.0, "none": 0.0}
+
+
+# the meta-data every reader provides; reader-specific header fields (NIfTI's ``sizeof_hdr``, ...) are dropped, so that
+# a batch may mix NIfTI, NRRD, MetaImage and h5 cases (collating dicts with different keys fails)
+COMMON_META_KEYS = ("affine", "original_affine", "spatial_shape", "original_channel_dim", "space", "filename_or_obj")
 
 
 class LoadVolumed(MapTransform):
@@ -42,7 +48,8 @@ class LoadVolumed(MapTransform):
 
     For an ``.h5`` path the dataset named like the key is read for ``"label"``, ``"image"`` for any other key;
     its affine is ``diag(h5_spacing, h5_spacing, h5_spacing, 1)`` (RAS). ``meta["filename_or_obj"]`` is the
-    file path in both cases.
+    file path in both cases. The meta-data keep the keys of :data:`COMMON_META_KEYS` only, the same for every
+    format, so that cases of different formats collate into one batch.
 
     Args:
         keys: keys of the paths to load.
@@ -70,6 +77,8 @@ class LoadVolumed(MapTransform):
             h5_reader = self.h5_readers["label" if key == "label" else "image"]
             reader = next((r for r in (h5_reader, self.sitk_reader) if r.verify_suffix(d[key])), None)
             d[key] = self.loader(d[key], reader=reader)
+            for name in [k for k in d[key].meta if str(k) not in COMMON_META_KEYS]:
+                del d[key].meta[name]
             if not self.image_only:
                 d[f"{key}_meta_dict"] = dict(d[key].meta)
         return d

@@ -41,8 +41,8 @@ def _pyplot() -> Any:
         import matplotlib
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "bundle.evaluation.figures needs matplotlib: `pip install matplotlib` (or the bundle's `plot` extra, "
-            "`pip install -e .[plot]`)."
+            "bundle.evaluation.figures needs matplotlib, a dependency of the bundle: `pip install matplotlib` "
+            "(or reinstall the bundle, `pip install -e .`)."
         ) from err
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

@@ -9,7 +9,7 @@ import torch
 
 __all__ = ["SCALAR_KEYS", "loss_terms", "iteration_terms", "finite_output"]
 
-SCALAR_KEYS = ("loss", "loss_sup", "loss_semi", "loss_consis", "loss_sharp", "lambda", "pseudo_fg")
+SCALAR_KEYS = ("loss", "loss_sup", "loss_semi", "loss_consis", "loss_sharp", "lambda", "pseudo_fg", "label_fg")
 
 
 def loss_terms(output: Mapping) -> dict[str, float]:

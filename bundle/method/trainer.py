@@ -206,6 +206,7 @@ class PLGDFTrainer(SupervisedTrainer):
             engine.optimizer.step()
         if engine.teacher is not None:
             engine.teacher.update(engine.network, engine.state.iteration)  # 1-based, as the authors: a=0.5 first
+        engine.state.output["label_fg"] = (y_l > 0).float().mean()  # to compare with pseudo_fg
         if y_hat is not None:
             engine.state.output["pseudo_fg"] = (y_hat > 0).float().mean()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -6,7 +6,7 @@ Inside the MONAI Label environment it: copies the monaibundle app out of the ins
 tiny ``models/model.pt`` with the bundle's own command, starts ``monailabel start_server`` on 127.0.0.1 (a free
 port), and checks over HTTP:
 
-1. ``GET /info/``: the bundle is listed as a model and a trainer, with the label ``organ``;
+1. ``GET /info/``: the bundle is listed as a model and a trainer, with the label ``spleen``;
 2. ``POST /infer/<name>?image=<id>&output=image``: a 0/1 mask with the study image's shape and affine;
 3. ``POST /train/<name>?run_sync=true`` with ``val_split`` 0: the PLGDF trainer ran with the unlabelled studies
    (pseudo-label terms logged), with an empty validation set, replaced ``model.pt`` and wrote no demo data;
@@ -258,7 +258,7 @@ def main() -> int:
             info = state["info"]
             model = info.get("models", {}).get(NAME)
             assert model is not None, f"{NAME} not in models {list(info.get('models', {}))}"
-            assert "organ" in model.get("labels", {}), f"labels {model.get('labels')}"
+            assert "spleen" in model.get("labels", {}), f"labels {model.get('labels')}"
             assert NAME in info.get("trainers", {}), f"{NAME} not in trainers {list(info.get('trainers', {}))}"
             return f"model {NAME}: type {model.get('type')}, labels {model.get('labels')}; trainer listed"
 

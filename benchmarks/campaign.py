@@ -1,0 +1,638 @@
+"""LA-lite campaign: (labelled budget, arm, seed) runs one after another, each evaluated and summarised as it ends.
+
+A run is ``<arm>-<labels>:<seed>``, e.g. ``plgdf-4:0``; it trains in ``<run_root>/labels<N>/<arm>/seed<k>`` with
+``configs/train.json`` + ``configs/presets/la_lite.json`` + the arm's presets, ``--seed k`` and the data list of
+its budget (labelled = the first N IDs of the split's ``train`` list, validation = the split's last 8, unlabelled =
+the rest). After training, four models (best-on-validation and last, student and EMA teacher) are scored on the
+validation cases at the bundle's default inference and at the paper's stride, and one JSON of figures per run
+goes into ``<results_dir>/la_lite_runs/``; the summary (:func:`summarize`) is rebuilt from those files alone, so
+committing them after each run loses nothing if the machine (and ``runs/``) is replaced.
+
+Statistics (:func:`paired_gain`): the paired gain ``plgdf - supervised`` over the seeds both arms finished and
+the validation cases, its 95% bootstrap interval (seeds and cases resampled with replacement, paired by seed
+and case), and the fraction of the labelling gap recovered ``(plgdf_N - supervised_N) / (supervised_72 -
+supervised_N)`` (seed-means of the case-mean Dice).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import la_lite
+from bundle.engine.files import write_json_atomic
+
+ROOT = la_lite.ROOT
+# arm -> presets merged after train.json + la_lite.json
+METHODS: dict[str, tuple[str, ...]] = {
+    "supervised": ("configs/presets/supervised.json",),
+    "plgdf": (),
+    "mean_teacher": ("configs/presets/mean_teacher.json",),
+}
+BUDGETS = (4, 8, 16, 72)
+CEILING = 72  # the fully labelled budget: supervised-<CEILING> is the ceiling of the gap
+SEEDS = (0, 1, 2)
+# the issue's order: the 4-label runs, then the ceiling, then the 8-label runs (pairs of the same seed adjacent)
+DEFAULT_PLAN = tuple(
+    [f"{arm}-4:{s}" for s in SEEDS for arm in ("supervised", "plgdf")]
+    + [f"supervised-72:{s}" for s in SEEDS]
+    + [f"{arm}-8:{s}" for s in SEEDS for arm in ("supervised", "plgdf")]
+)
+PROTOCOLS = {"default": "monai", "paper": "paper"}
+PAPER_STRIDE = (9, 9, 2)  # the paper's 18x18x4 at 0.625 mm, at LA-lite's 1.25 mm
+CHECKPOINTS = ("best", "last")
+MODELS = ("student", "teacher")
+METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_vox", "asd_vox")
+HEADLINE = "paper/best/student"  # protocol / checkpoint / model: what the bundle deploys, at the paper's stride
+RUNS_DIR = "la_lite_runs"
+SUMMARY = "la_lite_summary.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One campaign run: an arm of :data:`METHODS`, a labelled budget and a seed."""
+
+    arm: str
+    labels: int
+    seed: int
+
+    @classmethod
+    def parse(cls, spec: str) -> Run:
+        """``"plgdf-4:0"`` -> ``Run("plgdf", 4, 0)``."""
+        m = re.fullmatch(r"([a-z_]+)-(\d+):(\d+)", spec.strip())
+        if not m:
+            raise ValueError(f"run {spec!r}: expected <arm>-<labels>:<seed>, e.g. plgdf-4:0.")
+        run = cls(m.group(1), int(m.group(2)), int(m.group(3)))
+        if run.arm not in METHODS:
+            raise ValueError(f"run {spec!r}: unknown arm {run.arm!r}; choose from {', '.join(METHODS)}.")
+        if run.labels not in BUDGETS:
+            raise ValueError(f"run {spec!r}: labelled budget {run.labels} not one of {BUDGETS}.")
+        return run
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}-{self.labels}"
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.seed}"
+
+    def dir(self, run_root: str | os.PathLike) -> Path:
+        return Path(run_root) / f"labels{self.labels}" / self.arm / f"seed{self.seed}"
+
+    def figures_file(self, results_dir: str | os.PathLike) -> Path:
+        return Path(results_dir) / RUNS_DIR / f"{self.name}_seed{self.seed}.json"
+
+
+# -- provenance ----------------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    """CPU model and its vector / matrix flags, core count, Python, torch and MONAI versions."""
+    import monai
+    import torch
+
+    model, flags = platform.processor() or "unknown", []
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    keep = [f for f in flags if f in ("avx2", "fma") or f.startswith(("avx512", "amx"))]
+    return {
+        "cpu": model,
+        "flags": "|".join(sorted(keep)),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def git_commit(root: str | os.PathLike = ROOT) -> dict[str, Any]:
+    """``{"commit": <hash or None>, "dirty": <tracked files changed>}`` of the checkout that runs the code."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        )
+    except OSError:
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+# -- one run -------------------------------------------------------------------------------------------
+def train_command(run: Run, run_root: str | os.PathLike, overrides: Sequence[str] = ()) -> list[str]:
+    """The ``monai.bundle run`` command of ``run`` (outputs in :meth:`Run.dir`)."""
+    files = ["configs/train.json", la_lite.PRESET, *METHODS[run.arm]]
+    out = run.dir(run_root).resolve()
+    datalist = (Path(run_root) / "data" / f"datalist_{run.labels}.json").resolve()
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "[" + ",".join(f"'{f}'" for f in files) + "]",
+        "--datalist_file",
+        str(datalist),
+        "--output_dir",
+        str(out),
+        "--ckpt_dir",
+        str(out / "models"),
+        "--seed",
+        str(run.seed),
+        *overrides,
+    ]
+
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, obj, indent=1)
+    return path
+
+
+def is_trained(run: Run, run_root: str | os.PathLike) -> bool:
+    record = _read_json(run.dir(run_root) / "run.json", {})
+    return bool(record.get("finished"))
+
+
+def train(run: Run, run_root: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Train ``run`` (continuing from its ``checkpoint_last.pt`` when one exists); ``run.json`` records every
+    attempt (command, exit status, wall seconds), the commit, the machine and the precision. Raises on failure."""
+    out = run.dir(run_root)
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "run.json"
+    record = _read_json(record_path, {}) or {
+        "run": run.spec,
+        "arm": run.arm,
+        "labels": run.labels,
+        "seed": run.seed,
+        "precision": "fp32",
+        "attempts": [],
+    }
+    if record.get("finished"):
+        return record
+    resume = (out / "checkpoint_last.pt").is_file()
+    cmd = train_command(run, run_root, [*overrides, *(["--resume", "true"] if resume else [])])
+    print(f"[campaign] {run.spec}: {'resuming' if resume else 'starting'}: {' '.join(cmd)}", flush=True)
+    start = time.time()
+    rc = subprocess.call(cmd, cwd=ROOT)
+    attempt = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(start)),
+        "wall_seconds": round(time.time() - start, 1),
+        "returncode": rc,
+        "resumed": resume,
+        "command": cmd,
+        **git_commit(),
+        "machine": machine_info(),
+    }
+    record["attempts"].append(attempt)
+    record["finished"] = rc == 0
+    record["wall_seconds"] = round(sum(a["wall_seconds"] for a in record["attempts"]), 1)
+    _write_json(record_path, record)
+    if rc != 0:
+        raise RuntimeError(f"run {run.spec} failed with exit status {rc}; see {out / 'log.jsonl'} and above.")
+    return record
+
+
+def model_files(run: Run, run_root: str | os.PathLike) -> dict[tuple[str, str], Path]:
+    """Flat state_dicts (plain tensors) of the four evaluated models, written once into ``<run dir>/eval_models``:
+    ``(best|last, student|teacher) -> path``. The best teacher is the teacher's own best on validation
+    (``teacher_best.pt``); without one (no teacher validation), the teacher saved with the student's best."""
+    import torch
+
+    from bundle.engine.files import safe_load, save_atomic
+
+    d = run.dir(run_root)
+    out = d / "eval_models"
+    files = {(c, m): out / f"{m}_{c}.pt" for c in CHECKPOINTS for m in MODELS}
+    if all(p.is_file() for p in files.values()):
+        return files
+    for c in CHECKPOINTS:
+        state = safe_load(d / f"checkpoint_{c}.pt")
+        for m, key in (("student", "network"), ("teacher", "teacher")):
+            if c == "best" and m == "teacher" and (d / "teacher_best.pt").is_file():
+                flat = safe_load(d / "teacher_best.pt")
+            else:
+                flat = state[key]
+            save_atomic({k: torch.as_tensor(v).detach().clone() for k, v in flat.items()}, files[(c, m)])
+    return files
+
+
+def evaluate(
+    run: Run, run_root: str | os.PathLike, la_dir: str | os.PathLike, overrides: Sequence[str] = ()
+) -> dict[str, Path]:
+    """Score the four models at both protocols on the validation cases; ``{variant: folder}`` with variant
+    ``<protocol>/<checkpoint>/<model>``. A folder that already has ``summary.json`` is not evaluated again."""
+    from bundle.evaluation.evaluate import evaluate_checkpoint
+
+    d = run.dir(run_root)
+    files = model_files(run, run_root)
+    folders = {}
+    for protocol, proto_name in PROTOCOLS.items():
+        for (c, m), path in files.items():
+            variant = f"{protocol}/{c}/{m}"
+            folder = d / "eval" / variant.replace("/", "_")
+            folders[variant] = folder
+            if (folder / "summary.json").is_file():
+                continue
+            start = time.perf_counter()
+            summary = evaluate_checkpoint(
+                path,
+                folder,
+                la_dir=la_dir,
+                la_list=Path(run_root) / "data" / "validation.list",
+                resample_factor=la_lite.RESAMPLE_FACTOR,
+                configs=[str(ROOT / la_lite.PRESET)],
+                figures=False,
+                protocol=proto_name,
+                stride=PAPER_STRIDE if protocol == "paper" else None,
+                overrides=la_lite.parse_overrides(_network_overrides(overrides)),
+            )
+            seconds = time.perf_counter() - start
+            _write_json(
+                folder / "timing.json", {"wall_seconds": seconds, "seconds_per_case": seconds / summary["n_cases"]}
+            )
+            print(f"[campaign] {run.spec} {variant}: Dice {summary['metrics']['dice']['mean']:.4f}", flush=True)
+    return folders
+
+
+def _network_overrides(overrides: Sequence[str]) -> list[str]:
+    """The training overrides that shape the network (the evaluation must build the same one)."""
+    keep = ("--n_filters", "--num_classes", "--in_channels", "--patch_size")
+    pairs = list(zip(overrides[::2], overrides[1::2]))
+    return [x for k, v in pairs if k in keep for x in (k, v)]
+
+
+def _per_case(folder: Path) -> dict[str, dict[str, float]]:
+    """``{case: {metric: value}}`` from an evaluation's ``metrics.csv`` (NaN for an empty cell)."""
+    rows = {}
+    with open(folder / "metrics.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            rows[row["case"]] = {k: float(row[k]) if row.get(k) not in (None, "") else math.nan for k in METRICS}
+    return rows
+
+
+def _log_series(log: Path) -> dict[str, list]:
+    """Validation curves of student and teacher, and the pseudo-label / labelled-crop foreground fractions
+    averaged per validation interval, from ``log.jsonl``."""
+    from bundle.evaluation.figures import read_run_log
+
+    series = read_run_log(log) if log.is_file() else {}
+    out: dict[str, list] = {
+        k: [[int(i), float(v)] for i, v in series.get(k, [])] for k in ("val_dice", "val_dice_teacher")
+    }
+    ends = [i for i, _ in out["val_dice"]] or [max((int(i) for i, _ in series.get("loss", [])), default=0)]
+    for key in ("pseudo_fg", "label_fg"):
+        pts = series.get(key, [])
+        binned, start = [], 0
+        for end in ends:
+            vals = [v for i, v in pts if start < i <= end]
+            if vals:
+                binned.append([end, float(np.mean(vals))])
+            start = end
+        out[key] = binned
+    return out
+
+
+def run_figures(run: Run, run_root: str | os.PathLike, folders: dict[str, Path]) -> dict[str, Any]:
+    """Everything the summary needs of one run, as one JSON-able dict (per-case metrics of every variant)."""
+    d = run.dir(run_root)
+    record = _read_json(d / "run.json", {})
+    ckpt_best = _read_json(d / "teacher_best.json", {})
+    evals = {}
+    for variant, folder in folders.items():
+        summary = _read_json(folder / "summary.json")
+        evals[variant] = {
+            "cases": _per_case(folder),
+            "seconds_per_case": _read_json(folder / "timing.json", {}).get("seconds_per_case"),
+            "inferer": summary.get("info", {}).get("inferer"),
+        }
+    last = record.get("attempts", [{}])[-1]
+    return {
+        "run": run.spec,
+        "arm": run.arm,
+        "labels": run.labels,
+        "seed": run.seed,
+        "commit": last.get("commit"),
+        "dirty": last.get("dirty"),
+        "machine": last.get("machine"),
+        "precision": record.get("precision"),
+        "wall_seconds": record.get("wall_seconds"),
+        "attempts": len(record.get("attempts", [])),
+        "teacher_best_iteration": ckpt_best.get("iteration"),
+        "curves": _log_series(d / "log.jsonl"),
+        "evaluations": evals,
+    }
+
+
+def export_deployed(run: Run, run_root: str | os.PathLike, models_dir: str | os.PathLike) -> Path:
+    """The deployed model (best-on-validation student, flat state_dict) in fp16 at
+    ``<models_dir>/la_lite_<arm>-<labels>_seed<k>.pt``."""
+    from bundle.engine.files import safe_load, save_atomic
+
+    flat = safe_load(model_files(run, run_root)[("best", "student")])
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in flat.items()}
+    return save_atomic(half, Path(models_dir) / f"la_lite_{run.name}_seed{run.seed}.pt")
+
+
+# -- statistics ----------------------------------------------------------------------------------------
+def _matrix(runs: dict[int, dict], variant: str, seeds: Sequence[int], cases: Sequence[str], metric: str) -> np.ndarray:
+    """``(seeds, cases)`` array of ``metric`` (Dice and Jaccard in percent)."""
+    scale = 100.0 if metric in ("dice", "jaccard") else 1.0
+    return np.array(
+        [[runs[s]["evaluations"][variant]["cases"][c][metric] * scale for c in cases] for s in seeds], dtype=float
+    )
+
+
+def paired_gain(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0, ceiling: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Paired gain ``a - b`` of two ``(seeds, cases)`` arrays (same seed, same case in each cell).
+
+    Returns ``{"mean", "ci95", "n_seeds", "n_cases"}``: the mean difference over all cells and its 95%
+    percentile bootstrap interval, each replicate drawing seeds and cases with replacement (the same draw for
+    both arms). With ``ceiling`` (a ``(seeds, cases)`` array of the fully labelled arm, same seeds), also
+    ``gap_recovered`` = ``(mean a - mean b) / (mean ceiling - mean b)`` and its interval from the same draws.
+    NaN cells (a distance metric of an empty mask) are left out of the means.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 2 or a.size == 0:
+        raise ValueError(f"paired arrays must have the same (seeds, cases) shape, got {a.shape} and {b.shape}.")
+    rng = np.random.default_rng(seed)
+    n_s, n_c = a.shape
+    diff = a - b
+    si = rng.integers(0, n_s, size=(n_boot, n_s))
+    ci = rng.integers(0, n_c, size=(n_boot, n_c))
+    boot = np.array([np.nanmean(diff[np.ix_(s, c)]) for s, c in zip(si, ci)])
+    out: dict[str, Any] = {
+        "mean": float(np.nanmean(diff)),
+        "ci95": [float(np.nanpercentile(boot, 2.5)), float(np.nanpercentile(boot, 97.5))],
+        "n_seeds": n_s,
+        "n_cases": n_c,
+    }
+    if ceiling is not None:
+        ceiling = np.asarray(ceiling, float)
+        if ceiling.shape != a.shape:
+            raise ValueError(f"ceiling shape {ceiling.shape} differs from {a.shape}.")
+        out["gap_recovered"] = _gap(a, b, ceiling)
+        ratios = np.array([_gap(a[np.ix_(s, c)], b[np.ix_(s, c)], ceiling[np.ix_(s, c)]) for s, c in zip(si, ci)])
+        ratios = ratios[np.isfinite(ratios)]
+        out["gap_recovered_ci95"] = (
+            [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if ratios.size else None
+        )
+    return out
+
+
+def _gap(a: np.ndarray, b: np.ndarray, ceiling: np.ndarray) -> float:
+    gap = np.nanmean(ceiling) - np.nanmean(b)
+    return float((np.nanmean(a) - np.nanmean(b)) / gap) if gap > 0 else math.nan
+
+
+def load_figures(results_dir: str | os.PathLike) -> dict[str, dict[int, dict]]:
+    """``{"<arm>-<labels>": {seed: figures}}`` from ``<results_dir>/la_lite_runs/*.json``."""
+    out: dict[str, dict[int, dict]] = {}
+    for path in sorted((Path(results_dir) / RUNS_DIR).glob("*.json")):
+        fig = json.loads(path.read_text(encoding="utf-8"))
+        out.setdefault(f"{fig['arm']}-{fig['labels']}", {})[int(fig["seed"])] = fig
+    return out
+
+
+def _budget_block(figs: dict[str, dict[int, dict]], labels: int, variant: str, semi: str = "plgdf") -> dict | None:
+    """The summary of one budget for one variant; ``None`` when neither arm of the budget has a run."""
+    sup, plg, ceil = (
+        figs.get(f"supervised-{labels}", {}),
+        figs.get(f"{semi}-{labels}", {}),
+        figs.get(f"supervised-{CEILING}", {}),
+    )
+    if not sup and not plg:
+        return None
+    arms = {"supervised": sup, semi: plg, "supervised_72": ceil}
+    any_run = next(iter({**sup, **plg, **ceil}.values()))
+    cases = sorted(any_run["evaluations"][variant]["cases"])
+    block: dict[str, Any] = {"cases": cases}
+    for metric, key in (("dice", "dice"), ("hd95_mm", "hd95_mm"), ("asd_mm", "asd_mm")):
+        block[key] = {
+            name: {str(s): float(np.nanmean(_matrix(runs, variant, [s], cases, metric))) for s in sorted(runs)}
+            for name, runs in arms.items()
+        }
+    block["mean_sd"] = {
+        name: {metric: _mean_sd(list(block[metric][name].values())) for metric in ("dice", "hd95_mm", "asd_mm")}
+        for name in arms
+    }
+    paired = sorted(set(sup) & set(plg))
+    if paired:
+        with_ceiling = [s for s in paired if s in ceil]
+        a, b = _matrix(plg, variant, paired, cases, "dice"), _matrix(sup, variant, paired, cases, "dice")
+        gain = paired_gain(a, b)
+        block["paired_gain"] = {"mean": gain["mean"], "ci95": gain["ci95"], "seeds": paired, "n_cases": len(cases)}
+        if with_ceiling:
+            g = paired_gain(
+                _matrix(plg, variant, with_ceiling, cases, "dice"),
+                _matrix(sup, variant, with_ceiling, cases, "dice"),
+                ceiling=_matrix(ceil, variant, with_ceiling, cases, "dice"),
+            )
+            block["gap_recovered"] = g["gap_recovered"]
+            block["gap_recovered_ci95"] = g["gap_recovered_ci95"]
+            block["gap_seeds"] = with_ceiling
+    return block
+
+
+def _mean_sd(values: Sequence[float]) -> list[float | None]:
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return [None, None]
+    return [float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None]
+
+
+def variants() -> list[str]:
+    return [f"{p}/{c}/{m}" for p in PROTOCOLS for c in CHECKPOINTS for m in MODELS]
+
+
+def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = None) -> dict[str, Any]:
+    """Rebuild ``la_lite_summary.json``, ``la_lite_campaign.md`` and ``la_lite_curves_<N>labels.png`` in
+    ``results_dir`` from the per-run figures. The top level is the headline variant (:data:`HEADLINE`); every
+    variant is under ``"variants"``."""
+    results_dir = Path(results_dir)
+    figs = load_figures(results_dir)
+    if not figs:
+        raise FileNotFoundError(f"no run figures in {results_dir / RUNS_DIR}: nothing to summarise.")
+    if budgets is None:  # every budget with a run, except the ceiling's
+        budgets = sorted({int(name.rsplit("-", 1)[1]) for name in figs} - {CEILING})
+    protocol, checkpoint, model = HEADLINE.split("/")
+    out: dict[str, Any] = {
+        "protocol": "paper_stride" if protocol == "paper" else "default",
+        "checkpoint": checkpoint,
+        "model": model,
+        "unit": "Dice and Jaccard in percent, distances in mm (1.25 mm grid)",
+        "runs": {name: sorted(seeds) for name, seeds in sorted(figs.items())},
+        "machines": sorted(
+            {json.dumps(f.get("machine") or {}, sort_keys=True) for r in figs.values() for f in r.values()}
+        ),
+        "commits": sorted({str(f.get("commit")) for r in figs.values() for f in r.values()}),
+        "budgets": {},
+        "variants": {},
+    }
+    out["machines"] = [json.loads(m) for m in out["machines"]]
+    for variant in variants():
+        blocks = {str(n): b for n in budgets if (b := _budget_block(figs, n, variant)) is not None}
+        out["variants"][variant] = blocks
+        if variant == HEADLINE:
+            out["budgets"] = blocks
+    _write_json(results_dir / SUMMARY, out)
+    (results_dir / "la_lite_campaign.md").write_text(markdown(out, figs), encoding="utf-8")
+    _curves(figs, results_dir, budgets)
+    return out
+
+
+def _fmt(ms: Sequence[float | None], digits: int = 2) -> str:
+    m, sd = ms
+    if m is None:
+        return "–"
+    return f"{m:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{m:.{digits}f}"
+
+
+def _ci(block: dict, key: str = "paired_gain") -> str:
+    g = block.get(key)
+    if not g:
+        return "–"
+    return f"{g['mean']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]"
+
+
+def _gap_cell(block: dict) -> str:
+    if block.get("gap_recovered") is None or not math.isfinite(block["gap_recovered"]):
+        return "–"
+    ci = block.get("gap_recovered_ci95")
+    ci_txt = f" [{ci[0] * 100:.0f}, {ci[1] * 100:.0f}]" if ci else ""
+    return f"{block['gap_recovered'] * 100:.0f} %{ci_txt}"
+
+
+def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
+    """The campaign tables: headline first, then every variant, then the runs (wall time, machine, commit)."""
+    lines = [
+        "# LA-lite campaign (generated by `python -m scripts.la_lite summary`)",
+        "",
+        "Validation Dice % (8 cases, 1.25 mm), mean ± sd over seeds of the case-mean; paired gain = plgdf − "
+        "supervised, same seed and cases, with its 95 % bootstrap CI over seeds and cases; gap recovered = "
+        "(plgdf − supervised) / (supervised-72 − supervised).",
+        "",
+    ]
+    for variant, blocks in summary["variants"].items():
+        title = "**Headline**: " if variant == HEADLINE else ""
+        lines += [f"### {title}{variant} (protocol / checkpoint / model)", ""]
+        lines += [
+            "| labels | supervised | plgdf | supervised-72 | paired gain [95 % CI] | gap recovered [95 % CI] | seeds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for n, b in blocks.items():
+            ms = b["mean_sd"]
+            seeds = ",".join(str(s) for s in b.get("paired_gain", {}).get("seeds", [])) or "–"
+            lines.append(
+                f"| {n} | {_fmt(ms['supervised']['dice'])} | {_fmt(ms['plgdf']['dice'])} | "
+                f"{_fmt(ms['supervised_72']['dice'])} | {_ci(b)} | {_gap_cell(b)} | {seeds} |"
+            )
+        lines.append("")
+    lines += ["### Runs", "", "| run | seed | wall min | attempts | CPU | commit |", "|---|---|---|---|---|---|"]
+    for name, runs in sorted(figs.items()):
+        for s, f in sorted(runs.items()):
+            wall = f"{f['wall_seconds'] / 60:.1f}" if f.get("wall_seconds") else "–"
+            cpu = (f.get("machine") or {}).get("cpu", "?")
+            lines.append(f"| {name} | {s} | {wall} | {f.get('attempts')} | {cpu} | {str(f.get('commit'))[:10]} |")
+    return "\n".join(lines) + "\n"
+
+
+def _curves(figs: dict[str, dict[int, dict]], results_dir: Path, budgets: Iterable[int]) -> None:
+    from bundle.evaluation.figures import learning_curves
+
+    for n in budgets:
+        series = {}
+        for name in (f"supervised-{n}", f"plgdf-{n}", f"supervised-{CEILING}"):
+            for s, f in sorted(figs.get(name, {}).items()):
+                if f["curves"].get("val_dice"):
+                    series[f"{name} s{s}"] = [tuple(p) for p in f["curves"]["val_dice"]]
+        if any(not k.startswith(f"supervised-{CEILING} ") for k in series):
+            learning_curves(
+                series, results_dir / f"la_lite_curves_{n}labels.png", ylabel=f"validation Dice ({n} labelled)"
+            )
+
+
+# -- the campaign --------------------------------------------------------------------------------------
+def git_commit_results(repo: str | os.PathLike, paths: Sequence[Path], message: str, tries: int = 5) -> bool:
+    """``git add`` + ``git commit --only`` of ``paths`` in ``repo`` (other staged work is left alone)."""
+    rel = [os.path.relpath(p, repo) for p in paths if Path(p).exists()]
+    for k in range(tries):
+        add = subprocess.run(["git", "-C", str(repo), "add", "--", *rel], capture_output=True, text=True)
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "commit", "-q", "-m", message, "--only", "--", *rel],
+            capture_output=True,
+            text=True,
+        )
+        if add.returncode == 0 and commit.returncode == 0:
+            return True
+        if "nothing to commit" in commit.stdout + commit.stderr or "no changes added" in commit.stdout:
+            return True
+        time.sleep(2 + 3 * k)  # another git process holds the index lock
+    print(f"[campaign] warning: could not commit {rel}: {commit.stderr.strip()}", flush=True)
+    return False
+
+
+def run_campaign(
+    plan: Sequence[str],
+    run_root: str | os.PathLike,
+    la_dir: str | os.PathLike,
+    results_dir: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    split_file: str | os.PathLike = la_lite.SPLIT_FILE,
+    commit_repo: str | os.PathLike | None = None,
+    models_seed: int = 0,
+) -> list[str]:
+    """Run ``plan`` (run specs) in order: skip a run whose figures exist, evaluate a trained one, resume an
+    interrupted one; after each run write its figures (and, for seed ``models_seed``, its deployed model in fp16
+    under ``<results_dir>/models``), rebuild the summary and, with ``commit_repo``, commit those files there.
+    Returns the specs completed in this call."""
+    runs = [Run.parse(s) for s in plan]
+    results_dir = Path(results_dir)
+    la_lite.prepare(la_dir, run_root, split_file, budgets=sorted({r.labels for r in runs}))
+    done = []
+    for k, run in enumerate(runs, start=1):
+        fig_file = run.figures_file(results_dir)
+        if fig_file.is_file():
+            print(f"[campaign] {k}/{len(runs)} {run.spec}: figures exist ({fig_file}), skipped", flush=True)
+            continue
+        print(f"[campaign] {k}/{len(runs)} {run.spec}", flush=True)
+        train(run, run_root, overrides)
+        folders = evaluate(run, run_root, la_dir, overrides)
+        _write_json(fig_file, run_figures(run, run_root, folders))
+        written = [fig_file]
+        if run.seed == models_seed:
+            written.append(export_deployed(run, run_root, results_dir / "models"))
+        summarize(results_dir)
+        written += [results_dir / SUMMARY, results_dir / "la_lite_campaign.md"]
+        written += sorted(results_dir.glob("la_lite_curves_*labels.png"))
+        if commit_repo is not None:
+            git_commit_results(commit_repo, written, f"LA-lite campaign: {run.spec} finished, figures and summary")
+        done.append(run.spec)
+    return done

@@ -1,0 +1,115 @@
+"""Validation of the EMA teacher during training, beside the student's (``validate_teacher`` in ``train.json``).
+
+The teacher is a smoothed copy of the student and often scores higher; scoring it at every validation lets a
+run keep the teacher's own best-on-validation weights (``teacher_best.pt``) and log its curve
+(``val_dice_teacher`` in ``log.jsonl``), so that the deployed model can be chosen on validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+from bundle.engine.distributed import is_rank0
+from bundle.engine.files import save_atomic, write_json_atomic
+from bundle.handlers.run_log import append_record
+
+__all__ = ["TeacherValidation"]
+
+logger = logging.getLogger(__name__)
+
+
+class TeacherValidation:
+    """After every run of the student's validator, run ``teacher_evaluator`` (the same data, inferer and metric on
+    the teacher's network), log its key metric and keep the teacher's best weights.
+
+    Files in ``output_dir`` (rank 0 only, atomic): ``teacher_best.pt`` (the teacher's flat state_dict, plain
+    tensors) and ``teacher_best.json`` (``{"metric", "iteration"}``) whenever the teacher's metric improves; a line
+    ``{"iteration": t, "val_dice_teacher": d}`` appended to ``log_file`` after every validation. A resumed run
+    (iteration > 0 when the trainer starts, so list this handler after ``ResumeTraining``) continues from
+    the best metric in ``teacher_best.json``; a new run starts from minus infinity.
+
+    Args:
+        validator: the student's evaluator; the teacher is scored when it completes.
+        teacher_evaluator: an evaluator whose network is the teacher's (``@teacher.model``).
+        teacher: the :class:`bundle.method.teacher.EMATeacher`; its train/eval mode is restored after the
+            evaluation.
+        output_dir: folder of the files above.
+        enabled: ``False`` makes the handler do nothing. Defaults to True.
+        metric_name: the evaluator's key metric. Defaults to ``"val_mean_dice"``.
+        log_file: JSON-lines log in ``output_dir``. Defaults to ``"log.jsonl"`` (the run log).
+    """
+
+    def __init__(
+        self,
+        validator: Engine,
+        teacher_evaluator: Engine,
+        teacher: Any,
+        output_dir: str | os.PathLike,
+        enabled: bool = True,
+        metric_name: str = "val_mean_dice",
+        log_file: str = "log.jsonl",
+    ) -> None:
+        self.validator, self.teacher_evaluator, self.teacher = validator, teacher_evaluator, teacher
+        self.output_dir = Path(output_dir)
+        self.enabled = bool(enabled)
+        self.metric_name = metric_name
+        self.log_path = self.output_dir / log_file
+        self.best_metric = -math.inf
+        self.best_iteration = -1
+        self.trainer: Engine | None = None
+
+    @property
+    def best_path(self) -> Path:
+        return self.output_dir / "teacher_best.pt"
+
+    @property
+    def record_path(self) -> Path:
+        return self.output_dir / "teacher_best.json"
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        if self.teacher is None:
+            raise ValueError("validate_teacher is on but the run has no EMA teacher.")
+        self.trainer = engine
+        engine.add_event_handler(Events.STARTED, self._started)
+        self.validator.add_event_handler(Events.COMPLETED, self._validate_teacher)
+
+    def _started(self, engine: Engine) -> None:
+        self.best_metric, self.best_iteration = -math.inf, -1
+        if engine.state.iteration > 0 and self.record_path.is_file():  # resumed: keep the earlier best
+            record = json.loads(self.record_path.read_text(encoding="utf-8"))
+            self.best_metric, self.best_iteration = float(record["metric"]), int(record["iteration"])
+
+    def _validate_teacher(self, _: Engine) -> None:
+        model = self.teacher.model
+        was_training = model.training
+        try:
+            self.teacher_evaluator.run()
+        finally:
+            model.train(was_training)
+        value = self.teacher_evaluator.state.metrics.get(self.metric_name)
+        if value is None:
+            return
+        value = float(value)
+        it = self.trainer.state.iteration if self.trainer is not None else -1
+        if not is_rank0():
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        append_record(self.log_path, {"iteration": it, "val_dice_teacher": value})
+        improved = math.isfinite(value) and value > self.best_metric
+        if improved:
+            self.best_metric, self.best_iteration = value, it
+            save_atomic({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, self.best_path)
+            write_json_atomic(self.record_path, {"metric": value, "iteration": it}, indent=None)
+        logger.info(
+            f"iteration {it}: teacher validation {self.metric_name} {value:.4f} "
+            f"(best {self.best_metric:.4f} at {self.best_iteration})"
+        )
