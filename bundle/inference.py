@@ -272,6 +272,70 @@ def output_path(
     return Path(output_dir) / (f"{name}_{postfix}{ext}" if postfix else f"{name}{ext}")
 
 
+def _input_files(cases: Sequence[Mapping[str, Any]]) -> dict[tuple[int, int], str]:
+    """``{(device, inode): path}`` of every existing file a case names (image, label, any other path value)."""
+    files = {}
+    for case in cases:
+        for value in case.values():
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, (str, os.PathLike)) and os.path.isfile(v):
+                    st = os.stat(v)  # follows links: a link to an input is that input
+                    files[(st.st_dev, st.st_ino)] = str(v)
+    return files
+
+
+def check_output_paths(
+    cases: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    postfix: str = "seg",
+    ext: str = ".nii.gz",
+    enabled: bool = True,
+) -> list[Mapping[str, Any]]:
+    """Refuse, before anything is computed, a run whose masks (:func:`output_path`) would replace one of its
+    inputs (the same file, also through a symbolic or hard link, or a linked folder) or each other.
+
+    Args:
+        cases: the entries of :func:`list_inputs`.
+        output_dir, postfix, ext: as :class:`SaveMaskd`'s.
+        enabled: ``False`` (masks not saved) checks nothing. Default True.
+
+    Returns:
+        ``cases``, unchanged.
+
+    Raises:
+        DataValidationError: naming the input and the output, and the settings to change.
+    """
+    from bundle.validation import DataValidationError
+
+    if not enabled:
+        return list(cases)
+    inputs = _input_files(cases)
+    targets: dict[str, str] = {}
+    for case in cases:
+        image = case["image"] if isinstance(case["image"], (str, os.PathLike)) else case["image"][0]
+        case_id = case.get("case_id") if isinstance(case.get("case_id"), str) else None
+        out = output_path(str(image), output_dir, postfix, ext, case_id)
+        real = os.path.realpath(out)
+        clash = None
+        if os.path.isfile(out):  # an existing file: the same inode as an input (hard or symbolic link)
+            st = os.stat(out)
+            clash = inputs.get((st.st_dev, st.st_ino))
+        if clash is None:  # not written yet: the same resolved path (linked folders)
+            clash = next((p for p in inputs.values() if os.path.realpath(p) == real), None)
+        if clash is not None:
+            raise DataValidationError(
+                f"the mask of {image} would be written to {out}, which is the input file {clash}; nothing was "
+                "written. Choose another output_dir or a non-empty output_postfix."
+            )
+        if real in targets:
+            raise DataValidationError(
+                f"the masks of {targets[real]} and {image} would both be written to {out}; nothing was written. "
+                "Give the cases distinct names (case_id in the data list) or run them separately."
+            )
+        targets[real] = str(image)
+    return list(cases)
+
+
 def _is_nifti(path: str) -> bool:
     return str(path).lower().endswith((".nii", ".nii.gz"))
 
