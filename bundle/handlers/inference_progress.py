@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ignite.engine import Engine, Events
 
@@ -18,11 +19,14 @@ class InferenceProgress:
         total: number of cases (for the ``N``); ``None`` reads ``len`` of the engine's data. Default ``None``.
         pred_file_key: output key holding the written path (set by :class:`bundle.inference.writers.SaveMaskd`).
             Default ``"pred_file"``.
+        report: an object with ``record_output(path)`` (the run's ``CaseReport``) told of every written mask, so
+            that ``summary.json`` lists the outputs. Default ``None``.
     """
 
-    def __init__(self, total: int | None = None, pred_file_key: str = "pred_file") -> None:
+    def __init__(self, total: int | None = None, pred_file_key: str = "pred_file", report: Any = None) -> None:
         self.total = total
         self.pred_file_key = pred_file_key
+        self.report = report
         self._t0 = self._t = 0.0
         self._n = 0
 
@@ -52,6 +56,8 @@ class InferenceProgress:
                 meta = getattr(item.get("image"), "meta", {}) if isinstance(item, Mapping) else {}
                 name = Path(str(meta.get("filename_or_obj", f"case {self._n}"))).name
             written = out.get(self.pred_file_key) if isinstance(out, Mapping) else None
+            if written and self.report is not None:
+                self.report.record_output(written)
             total = self.total if self.total is not None else "?"
             print(f"[{self._n}/{total}] {name}: {seconds:.1f} s" + (f" -> {written}" if written else ""), flush=True)
         self._t = now

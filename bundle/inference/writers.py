@@ -1,4 +1,5 @@
-"""Mask writing: each mask as a NIfTI label file in the scan's own geometry, written atomically.
+"""Mask writing: each mask as a NIfTI label file in the scan's own geometry, written atomically, never over an
+input (:func:`check_output_paths`).
 
 The output mask of ``<dir>/<name>.nii.gz`` is ``<output_dir>/<name>_<postfix>.nii.gz`` (uint8), with the scan's
 shape and affine (and, for NIfTI scans, the scan's header: qform/sform codes, units).
@@ -7,7 +8,7 @@ shape and affine (and, for NIfTI scans, the scan's header: qform/sform codes, un
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, SaveImaged
 
 from bundle.data.datalist import case_name
+from bundle.engine.errors import DataValidationError
 from bundle.engine.files import atomic_path
 
-__all__ = ["SaveMaskd", "output_path"]
+__all__ = ["SaveMaskd", "output_path", "check_output_paths"]
 
 
 def output_path(
@@ -28,6 +30,68 @@ def output_path(
     """``<output_dir>/<case_id or name of source>_<postfix><ext>`` (no ``_`` when ``postfix`` is empty)."""
     name = case_id or case_name(source) or Path(source).stem
     return Path(output_dir) / (f"{name}_{postfix}{ext}" if postfix else f"{name}{ext}")
+
+
+def _input_files(cases: Sequence[Mapping[str, Any]]) -> dict[tuple[int, int], str]:
+    """``{(device, inode): path}`` of every existing file a case names (image, label, any other path value)."""
+    files = {}
+    for case in cases:
+        for value in case.values():
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, (str, os.PathLike)) and os.path.isfile(v):
+                    st = os.stat(v)  # follows links: a link to an input is that input
+                    files[(st.st_dev, st.st_ino)] = str(v)
+    return files
+
+
+def check_output_paths(
+    cases: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    postfix: str = "seg",
+    ext: str = ".nii.gz",
+    enabled: bool = True,
+) -> list[Mapping[str, Any]]:
+    """Refuse, before anything is computed, a run whose masks (:func:`output_path`) would replace one of its
+    inputs (the same file, also through a symbolic or hard link, or a linked folder) or each other.
+
+    Args:
+        cases: the entries of :func:`list_inputs`.
+        output_dir, postfix, ext: as :class:`SaveMaskd`'s.
+        enabled: ``False`` (masks not saved) checks nothing. Default True.
+
+    Returns:
+        ``cases``, unchanged.
+
+    Raises:
+        DataValidationError: naming the input and the output, and the settings to change.
+    """
+    if not enabled:
+        return list(cases)
+    inputs = _input_files(cases)
+    targets: dict[str, str] = {}
+    for case in cases:
+        image = case["image"] if isinstance(case["image"], (str, os.PathLike)) else case["image"][0]
+        case_id = case.get("case_id") if isinstance(case.get("case_id"), str) else None
+        out = output_path(str(image), output_dir, postfix, ext, case_id)
+        real = os.path.realpath(out)
+        clash = None
+        if os.path.isfile(out):  # an existing file: the same inode as an input (hard or symbolic link)
+            st = os.stat(out)
+            clash = inputs.get((st.st_dev, st.st_ino))
+        if clash is None:  # not written yet: the same resolved path (linked folders)
+            clash = next((p for p in inputs.values() if os.path.realpath(p) == real), None)
+        if clash is not None:
+            raise DataValidationError(
+                f"the mask of {image} would be written to {out}, which is the input file {clash}; nothing was "
+                "written. Choose another output_dir or a non-empty output_postfix."
+            )
+        if real in targets:
+            raise DataValidationError(
+                f"the masks of {targets[real]} and {image} would both be written to {out}; nothing was written. "
+                "Give the cases distinct names (case_id in the data list) or run them separately."
+            )
+        targets[real] = str(image)
+    return list(cases)
 
 
 def _is_nifti(path: str) -> bool:

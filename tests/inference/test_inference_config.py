@@ -361,6 +361,7 @@ def test_folder_inference_keeps_going_past_a_corrupt_scan(trained, tmp_path):
     assert (out / "broken_seg.nii.gz").read_bytes() == b"previous result"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["total"] == 3 and summary["failed"] == 1 and summary["succeeded"] == 2
+    assert sorted(Path(p).name for p in summary["outputs"]) == sorted(n.replace(".nii.gz", "_seg.nii.gz") for n in good)
     assert "broken.nii.gz" in summary["failures"][0]["error"]
     assert "1 of 3 case(s) failed" in proc.stderr
 
