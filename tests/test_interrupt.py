@@ -305,7 +305,7 @@ def test_every_checkpoint_load_in_the_code_uses_weights_only() -> None:
     sources = [p for d in ("bundle", "benchmarks", "scripts") for p in sorted((REPO_ROOT / d).rglob("*.py"))]
     calls = []
     for path in sources:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         for match in re.finditer(r"torch\.load\(", text):
             depth, end = 1, match.end()
             while depth and end < len(text):

@@ -31,7 +31,7 @@ README_SECTIONS = (
 
 
 def _metadata() -> dict:
-    return json.loads(META.read_text())
+    return json.loads(META.read_text(encoding="utf-8"))
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -70,7 +70,7 @@ def test_version_and_changelog_consistent():
     setup = configparser.ConfigParser()
     setup.read(REPO_ROOT / "setup.cfg")
     assert setup["metadata"]["version"] == version
-    changelog = (REPO_ROOT / "CHANGELOG.md").read_text()
+    changelog = (REPO_ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     headings = re.findall(r"^## \[?v?(\d+\.\d+\.\d+)\]?", changelog, flags=re.M)
     assert headings and headings[0] == version, headings  # newest first
     assert set(meta["changelog"]) == set(headings)
@@ -80,7 +80,7 @@ def test_network_data_format_matches_configs():
     fmt = _metadata()["network_data_format"]
     image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
     for name in ("train.json", "inference.json"):
-        config = json.loads((CONFIGS / name).read_text())
+        config = json.loads((CONFIGS / name).read_text(encoding="utf-8"))
         assert image["num_channels"] == config["in_channels"], name
         assert pred["num_channels"] == config["num_classes"], name
     assert pred["channel_def"]["0"] == "background"
@@ -90,9 +90,9 @@ def test_network_data_format_matches_configs():
 
 
 def test_license_and_readme_sections():
-    assert "Apache License" in (REPO_ROOT / "LICENSE").read_text()
-    assert (REPO_ROOT / "docs" / "data_license.txt").read_text().strip()
-    readme = (REPO_ROOT / "docs" / "README.md").read_text()
+    assert "Apache License" in (REPO_ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert (REPO_ROOT / "docs" / "data_license.txt").read_text(encoding="utf-8").strip()
+    readme = (REPO_ROOT / "docs" / "README.md").read_text(encoding="utf-8")
     headings = [h.strip().lower() for h in re.findall(r"^#+\s+(.+)$", readme, flags=re.M)]
     for section in README_SECTIONS:
         assert any(h.startswith(section) or section in h for h in headings), f"README lacks a '{section}' section"
@@ -138,7 +138,7 @@ def test_no_absolute_paths_in_configs():
     assert files
     bad = []
     for path in files:
-        for where, text in _strings(json.loads(path.read_text())):
+        for where, text in _strings(json.loads(path.read_text(encoding="utf-8"))):
             found = absolute_path_in(text)
             if found:
                 bad.append(f"{path.relative_to(REPO_ROOT)}{where}: {found}")
