@@ -196,7 +196,7 @@ def train(run: Run, run_root: str | os.PathLike, overrides: Sequence[str] = ()) 
     if record.get("finished"):
         return record
     resume = (out / "checkpoint_last.pt").is_file()
-    cmd = train_command(run, run_root, [*overrides, *(["--resume", "true"] if resume else [])])
+    cmd = train_command(run, run_root, [*overrides, *(["--resume", "True"] if resume else [])])
     print(f"[campaign] {run.spec}: {'resuming' if resume else 'starting'}: {' '.join(cmd)}", flush=True)
     start = time.time()
     rc = subprocess.call(cmd, cwd=ROOT)
@@ -504,7 +504,10 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
             out["budgets"] = blocks
     _write_json(results_dir / SUMMARY, out)
     (results_dir / "la_lite_campaign.md").write_text(markdown(out, figs), encoding="utf-8")
-    _curves(figs, results_dir, budgets)
+    try:
+        _curves(figs, results_dir, budgets)
+    except ImportError as err:  # the figures are optional; the numbers above are written
+        print(f"[campaign] warning: learning curves not drawn: {err}", flush=True)
     return out
 
 
@@ -617,6 +620,8 @@ def run_campaign(
     results_dir = Path(results_dir)
     la_lite.prepare(la_dir, run_root, split_file, budgets=sorted({r.labels for r in runs}))
     done = []
+    if load_figures(results_dir):  # a run finished by an earlier call that stopped before summarising
+        summarize(results_dir)
     for k, run in enumerate(runs, start=1):
         fig_file = run.figures_file(results_dir)
         if fig_file.is_file():

@@ -129,7 +129,7 @@ def train_command(arm: str, run_root: str | os.PathLike, overrides: Sequence[str
 def run_arm(arm: str, run_root: str | os.PathLike, overrides: Sequence[str] = (), resume: bool = False) -> dict:
     """Train one arm; write ``<run_root>/<arm>/wall.json`` (command, wall seconds, exit status; a failed or resumed
     run writes ``wall_failed_<t>.json`` / ``wall_resume_<t>.json`` instead). Raises on failure."""
-    cmd = train_command(arm, run_root, [*overrides, *(["--resume", "true"] if resume else [])])
+    cmd = train_command(arm, run_root, [*overrides, *(["--resume", "True"] if resume else [])])
     if not arm_datalist(arm, run_root).is_file():
         raise FileNotFoundError(f"{arm_datalist(arm, run_root)}: missing; run the prepare step first.")
     out = Path(run_root) / arm

@@ -157,7 +157,7 @@ def test_sigkill_mid_run_then_resume(tiny_demo: Path, reference: Path, tmp_path:
     saved = safe_load(out / "checkpoint_last.pt")  # the previous checkpoint is intact
     assert saved["iteration"] % 4 == 0 and 4 <= saved["iteration"] <= killed_at
 
-    resumed = run_train(tiny_demo, out, "--resume", "true")
+    resumed = run_train(tiny_demo, out, "--resume", "True")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(out, reference)
     assert_all_checkpoints_load(out)
@@ -176,7 +176,7 @@ def test_sigterm_saves_then_resume_continues(tiny_demo: Path, reference: Path, t
     assert saved["iteration"] == stopped_at < 16  # saved where it stopped, mid-run
     assert temporaries(out) == []
 
-    resumed = run_train(tiny_demo, out, "--resume", "true")
+    resumed = run_train(tiny_demo, out, "--resume", "True")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(out, reference)
     assert_all_checkpoints_load(out)

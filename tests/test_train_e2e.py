@@ -46,7 +46,7 @@ def test_train_stop_resume(tiny_demo, tmp_path):
     # the teacher differs from the student (EMA), and both have the network's keys
     assert set(ckpt["teacher"]["model"].keys()) == set(ckpt["network"].keys()) if "model" in ckpt["teacher"] else True
 
-    run_bundle(TRAIN_CONFIG, *common, "--num_iterations", "8", "--resume", "true")
+    run_bundle(TRAIN_CONFIG, *common, "--num_iterations", "8", "--resume", "True")
     ckpt2 = torch.load(out / "checkpoint_last.pt", weights_only=True)
     assert ckpt2["iteration"] == 8
     log = read_log(out / "log.jsonl")

@@ -140,5 +140,5 @@ def test_interrupted_run_resumes(fake_la, tmp_path, monkeypatch):  # noqa: F811
     (run.dir(tmp_path) / "checkpoint_last.pt").write_bytes(b"x")
     record = campaign.train(run, tmp_path)
     assert record["finished"] and [a["returncode"] for a in record["attempts"]] == [137, 0]
-    assert "--resume" not in calls[0] and calls[1][-2:] == ["--resume", "true"]
+    assert "--resume" not in calls[0] and calls[1][-2:] == ["--resume", "True"]
     assert campaign.train(run, tmp_path) is not None and len(calls) == 2  # finished: not run again
