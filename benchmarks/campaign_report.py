@@ -1,0 +1,251 @@
+"""LA-lite campaign statistics and report: paired gains with bootstrap intervals, the labelling gap recovered,
+tables and learning curves, rebuilt from the per-run figure files that :mod:`benchmarks.campaign` writes.
+
+Statistics (:func:`paired_gain`): the paired gain ``plgdf - supervised`` over the seeds both arms finished and
+the validation cases, its 95% bootstrap interval (seeds and cases resampled with replacement, paired by seed
+and case), and the fraction of the labelling gap recovered ``(plgdf_N - supervised_N) / (supervised_72 -
+supervised_N)`` (seed-means of the case-mean Dice).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bundle.engine.files import write_json_atomic
+
+CEILING = 72  # the fully labelled budget: supervised-<CEILING> is the ceiling of the gap
+PROTOCOLS = {"default": "monai", "paper": "paper"}
+CHECKPOINTS = ("best", "last")
+MODELS = ("student", "teacher")
+HEADLINE = "paper/best/student"  # protocol / checkpoint / model: what the bundle deploys, at the paper's stride
+RUNS_DIR = "la_lite_runs"
+SUMMARY = "la_lite_summary.json"
+
+
+def _matrix(runs: dict[int, dict], variant: str, seeds: Sequence[int], cases: Sequence[str], metric: str) -> np.ndarray:
+    """``(seeds, cases)`` array of ``metric`` (Dice and Jaccard in percent)."""
+    scale = 100.0 if metric in ("dice", "jaccard") else 1.0
+    return np.array(
+        [[runs[s]["evaluations"][variant]["cases"][c][metric] * scale for c in cases] for s in seeds], dtype=float
+    )
+
+
+def paired_gain(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0, ceiling: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Paired gain ``a - b`` of two ``(seeds, cases)`` arrays (same seed, same case in each cell).
+
+    Returns ``{"mean", "ci95", "n_seeds", "n_cases"}``: the mean difference over all cells and its 95%
+    percentile bootstrap interval, each replicate drawing seeds and cases with replacement (the same draw for
+    both arms). With ``ceiling`` (a ``(seeds, cases)`` array of the fully labelled arm, same seeds), also
+    ``gap_recovered`` = ``(mean a - mean b) / (mean ceiling - mean b)`` and its interval from the same draws.
+    NaN cells (a distance metric of an empty mask) are left out of the means.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 2 or a.size == 0:
+        raise ValueError(f"paired arrays must have the same (seeds, cases) shape, got {a.shape} and {b.shape}.")
+    rng = np.random.default_rng(seed)
+    n_s, n_c = a.shape
+    diff = a - b
+    si = rng.integers(0, n_s, size=(n_boot, n_s))
+    ci = rng.integers(0, n_c, size=(n_boot, n_c))
+    boot = np.array([np.nanmean(diff[np.ix_(s, c)]) for s, c in zip(si, ci)])
+    out: dict[str, Any] = {
+        "mean": float(np.nanmean(diff)),
+        "ci95": [float(np.nanpercentile(boot, 2.5)), float(np.nanpercentile(boot, 97.5))],
+        "n_seeds": n_s,
+        "n_cases": n_c,
+    }
+    if ceiling is not None:
+        ceiling = np.asarray(ceiling, float)
+        if ceiling.shape != a.shape:
+            raise ValueError(f"ceiling shape {ceiling.shape} differs from {a.shape}.")
+        out["gap_recovered"] = _gap(a, b, ceiling)
+        ratios = np.array([_gap(a[np.ix_(s, c)], b[np.ix_(s, c)], ceiling[np.ix_(s, c)]) for s, c in zip(si, ci)])
+        ratios = ratios[np.isfinite(ratios)]
+        out["gap_recovered_ci95"] = (
+            [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if ratios.size else None
+        )
+    return out
+
+
+def _gap(a: np.ndarray, b: np.ndarray, ceiling: np.ndarray) -> float:
+    gap = np.nanmean(ceiling) - np.nanmean(b)
+    return float((np.nanmean(a) - np.nanmean(b)) / gap) if gap > 0 else math.nan
+
+
+def load_figures(results_dir: str | os.PathLike) -> dict[str, dict[int, dict]]:
+    """``{"<arm>-<labels>": {seed: figures}}`` from ``<results_dir>/la_lite_runs/*.json``."""
+    out: dict[str, dict[int, dict]] = {}
+    for path in sorted((Path(results_dir) / RUNS_DIR).glob("*.json")):
+        fig = json.loads(path.read_text(encoding="utf-8"))
+        out.setdefault(f"{fig['arm']}-{fig['labels']}", {})[int(fig["seed"])] = fig
+    return out
+
+
+def _budget_block(figs: dict[str, dict[int, dict]], labels: int, variant: str, semi: str = "plgdf") -> dict | None:
+    """The summary of one budget for one variant; ``None`` when neither arm of the budget has a run."""
+    sup, plg, ceil = (
+        figs.get(f"supervised-{labels}", {}),
+        figs.get(f"{semi}-{labels}", {}),
+        figs.get(f"supervised-{CEILING}", {}),
+    )
+    if not sup and not plg:
+        return None
+    arms = {"supervised": sup, semi: plg, "supervised_72": ceil}
+    any_run = next(iter({**sup, **plg, **ceil}.values()))
+    cases = sorted(any_run["evaluations"][variant]["cases"])
+    block: dict[str, Any] = {"cases": cases}
+    for metric, key in (("dice", "dice"), ("hd95_mm", "hd95_mm"), ("asd_mm", "asd_mm")):
+        block[key] = {
+            name: {str(s): float(np.nanmean(_matrix(runs, variant, [s], cases, metric))) for s in sorted(runs)}
+            for name, runs in arms.items()
+        }
+    block["mean_sd"] = {
+        name: {metric: _mean_sd(list(block[metric][name].values())) for metric in ("dice", "hd95_mm", "asd_mm")}
+        for name in arms
+    }
+    paired = sorted(set(sup) & set(plg))
+    if paired:
+        with_ceiling = [s for s in paired if s in ceil]
+        a, b = _matrix(plg, variant, paired, cases, "dice"), _matrix(sup, variant, paired, cases, "dice")
+        gain = paired_gain(a, b)
+        block["paired_gain"] = {"mean": gain["mean"], "ci95": gain["ci95"], "seeds": paired, "n_cases": len(cases)}
+        if with_ceiling:
+            g = paired_gain(
+                _matrix(plg, variant, with_ceiling, cases, "dice"),
+                _matrix(sup, variant, with_ceiling, cases, "dice"),
+                ceiling=_matrix(ceil, variant, with_ceiling, cases, "dice"),
+            )
+            block["gap_recovered"] = g["gap_recovered"]
+            block["gap_recovered_ci95"] = g["gap_recovered_ci95"]
+            block["gap_seeds"] = with_ceiling
+    return block
+
+
+def _mean_sd(values: Sequence[float]) -> list[float | None]:
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return [None, None]
+    return [float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None]
+
+
+def variants() -> list[str]:
+    return [f"{p}/{c}/{m}" for p in PROTOCOLS for c in CHECKPOINTS for m in MODELS]
+
+
+def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = None) -> dict[str, Any]:
+    """Rebuild ``la_lite_summary.json``, ``la_lite_campaign.md`` and ``la_lite_curves_<N>labels.png`` in
+    ``results_dir`` from the per-run figures. The top level is the headline variant (:data:`HEADLINE`); every
+    variant is under ``"variants"``."""
+    results_dir = Path(results_dir)
+    figs = load_figures(results_dir)
+    if not figs:
+        raise FileNotFoundError(f"no run figures in {results_dir / RUNS_DIR}: nothing to summarise.")
+    if budgets is None:  # every budget with a run, except the ceiling's
+        budgets = sorted({int(name.rsplit("-", 1)[1]) for name in figs} - {CEILING})
+    protocol, checkpoint, model = HEADLINE.split("/")
+    out: dict[str, Any] = {
+        "protocol": "paper_stride" if protocol == "paper" else "default",
+        "checkpoint": checkpoint,
+        "model": model,
+        "unit": "Dice and Jaccard in percent, distances in mm (1.25 mm grid)",
+        "runs": {name: sorted(seeds) for name, seeds in sorted(figs.items())},
+        "machines": sorted(
+            {json.dumps(f.get("machine") or {}, sort_keys=True) for r in figs.values() for f in r.values()}
+        ),
+        "commits": sorted({str(f.get("commit")) for r in figs.values() for f in r.values()}),
+        "budgets": {},
+        "variants": {},
+    }
+    out["machines"] = [json.loads(m) for m in out["machines"]]
+    for variant in variants():
+        blocks = {str(n): b for n in budgets if (b := _budget_block(figs, n, variant)) is not None}
+        out["variants"][variant] = blocks
+        if variant == HEADLINE:
+            out["budgets"] = blocks
+    write_json_atomic(results_dir / SUMMARY, out, indent=1)
+    (results_dir / "la_lite_campaign.md").write_text(markdown(out, figs), encoding="utf-8")
+    try:
+        _curves(figs, results_dir, budgets)
+    except ImportError as err:  # the figures are optional; the numbers above are written
+        print(f"[campaign] warning: learning curves not drawn: {err}", flush=True)
+    return out
+
+
+def _fmt(ms: Sequence[float | None], digits: int = 2) -> str:
+    m, sd = ms
+    if m is None:
+        return "–"
+    return f"{m:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{m:.{digits}f}"
+
+
+def _ci(block: dict, key: str = "paired_gain") -> str:
+    g = block.get(key)
+    if not g:
+        return "–"
+    return f"{g['mean']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]"
+
+
+def _gap_cell(block: dict) -> str:
+    if block.get("gap_recovered") is None or not math.isfinite(block["gap_recovered"]):
+        return "–"
+    ci = block.get("gap_recovered_ci95")
+    ci_txt = f" [{ci[0] * 100:.0f}, {ci[1] * 100:.0f}]" if ci else ""
+    return f"{block['gap_recovered'] * 100:.0f} %{ci_txt}"
+
+
+def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
+    """The campaign tables: headline first, then every variant, then the runs (wall time, machine, commit)."""
+    lines = [
+        "# LA-lite campaign (generated by `python -m scripts.la_lite summary`)",
+        "",
+        "Validation Dice % (8 cases, 1.25 mm), mean ± sd over seeds of the case-mean; paired gain = plgdf − "
+        "supervised, same seed and cases, with its 95 % bootstrap CI over seeds and cases; gap recovered = "
+        "(plgdf − supervised) / (supervised-72 − supervised).",
+        "",
+    ]
+    for variant, blocks in summary["variants"].items():
+        title = "**Headline**: " if variant == HEADLINE else ""
+        lines += [f"### {title}{variant} (protocol / checkpoint / model)", ""]
+        lines += [
+            "| labels | supervised | plgdf | supervised-72 | paired gain [95 % CI] | gap recovered [95 % CI] | seeds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for n, b in blocks.items():
+            ms = b["mean_sd"]
+            seeds = ",".join(str(s) for s in b.get("paired_gain", {}).get("seeds", [])) or "–"
+            lines.append(
+                f"| {n} | {_fmt(ms['supervised']['dice'])} | {_fmt(ms['plgdf']['dice'])} | "
+                f"{_fmt(ms['supervised_72']['dice'])} | {_ci(b)} | {_gap_cell(b)} | {seeds} |"
+            )
+        lines.append("")
+    lines += ["### Runs", "", "| run | seed | wall min | attempts | CPU | commit |", "|---|---|---|---|---|---|"]
+    for name, runs in sorted(figs.items()):
+        for s, f in sorted(runs.items()):
+            wall = f"{f['wall_seconds'] / 60:.1f}" if f.get("wall_seconds") else "–"
+            cpu = (f.get("machine") or {}).get("cpu", "?")
+            lines.append(f"| {name} | {s} | {wall} | {f.get('attempts')} | {cpu} | {str(f.get('commit'))[:10]} |")
+    return "\n".join(lines) + "\n"
+
+
+def _curves(figs: dict[str, dict[int, dict]], results_dir: Path, budgets: Iterable[int]) -> None:
+    from bundle.evaluation.figures import learning_curves
+
+    for n in budgets:
+        series = {}
+        for name in (f"supervised-{n}", f"plgdf-{n}", f"supervised-{CEILING}"):
+            for s, f in sorted(figs.get(name, {}).items()):
+                if f["curves"].get("val_dice"):
+                    series[f"{name} s{s}"] = [tuple(p) for p in f["curves"]["val_dice"]]
+        if any(not k.startswith(f"supervised-{CEILING} ") for k in series):
+            learning_curves(
+                series, results_dir / f"la_lite_curves_{n}labels.png", ylabel=f"validation Dice ({n} labelled)"
+            )
