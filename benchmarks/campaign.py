@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,26 +145,10 @@ def git_commit(root: str | os.PathLike = ROOT) -> dict[str, Any]:
 # -- one run -------------------------------------------------------------------------------------------
 def train_command(run: Run, run_root: str | os.PathLike, overrides: Sequence[str] = ()) -> list[str]:
     """The ``monai.bundle run`` command of ``run`` (outputs in :meth:`Run.dir`)."""
-    files = ["configs/train.json", la_lite.PRESET, *METHODS[run.arm]]
-    out = run.dir(run_root).resolve()
-    datalist = (Path(run_root) / "data" / f"datalist_{run.labels}.json").resolve()
-    return [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        "[" + ",".join(f"'{f}'" for f in files) + "]",
-        "--datalist_file",
-        str(datalist),
-        "--output_dir",
-        str(out),
-        "--ckpt_dir",
-        str(out / "models"),
-        "--seed",
-        str(run.seed),
-        *overrides,
-    ]
+    datalist = Path(run_root) / "data" / f"datalist_{run.labels}.json"
+    return la_lite.bundle_train_command(
+        METHODS[run.arm], datalist, run.dir(run_root), ["--seed", str(run.seed), *overrides]
+    )
 
 
 def _read_json(path: Path, default: Any = None) -> Any:

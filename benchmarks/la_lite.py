@@ -102,13 +102,13 @@ def prepare(
     return out
 
 
-def train_command(arm: str, run_root: str | os.PathLike, overrides: Sequence[str] = ()) -> list[str]:
-    """The ``monai.bundle run`` command of one arm (outputs in ``<run_root>/<arm>``)."""
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}.")
-    presets, _, _ = ARMS[arm]
+def bundle_train_command(
+    presets: Sequence[str], datalist: str | os.PathLike, out: str | os.PathLike, overrides: Sequence[str] = ()
+) -> list[str]:
+    """``python -m monai.bundle run`` with ``train.json`` + the LA-lite preset + ``presets``, the data list, and the
+    outputs (checkpoints, log, ``models/model.pt``) in ``out``."""
     files = ["configs/train.json", PRESET, *presets]
-    out = Path(run_root).resolve() / arm
+    out = Path(out).resolve()
     return [
         sys.executable,
         "-m",
@@ -117,13 +117,20 @@ def train_command(arm: str, run_root: str | os.PathLike, overrides: Sequence[str
         "--config_file",
         "[" + ",".join(f"'{f}'" for f in files) + "]",
         "--datalist_file",
-        str(arm_datalist(arm, run_root).resolve()),
+        str(Path(datalist).resolve()),
         "--output_dir",
         str(out),
         "--ckpt_dir",
         str(out / "models"),
         *overrides,
     ]
+
+
+def train_command(arm: str, run_root: str | os.PathLike, overrides: Sequence[str] = ()) -> list[str]:
+    """The ``monai.bundle run`` command of one arm (outputs in ``<run_root>/<arm>``)."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}.")
+    return bundle_train_command(ARMS[arm][0], arm_datalist(arm, run_root), Path(run_root) / arm, overrides)
 
 
 def run_arm(arm: str, run_root: str | os.PathLike, overrides: Sequence[str] = (), resume: bool = False) -> dict:
