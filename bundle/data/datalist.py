@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bundle.data.readers import SUPPORTED_SUFFIXES
+from bundle.engine.errors import DataValidationError
 
 __all__ = ["SECTIONS", "load_datalist", "build_datalist", "case_name", "write_datalist", "resolve_datalist"]
 
@@ -77,13 +78,16 @@ def load_datalist(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data list not found: {path}")
+        hint = "" if path.parent.is_dir() else f" (its folder {path.parent} does not exist: check dataset_dir)"
+        raise FileNotFoundError(f"data list not found: {path}{hint}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}).") from e
+        raise DataValidationError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: top level must be an object with keys {SECTIONS}, got {type(raw).__name__}.")
+        raise DataValidationError(
+            f"{path}: top level must be an object with keys {SECTIONS}, got {type(raw).__name__}."
+        )
     base = Path(base_dir) if base_dir is not None else path.resolve().parent
     out: dict[str, list[dict]] = {}
     for section in SECTIONS:
@@ -91,18 +95,20 @@ def load_datalist(
         if entries is None:
             entries = []
         if not isinstance(entries, list):
-            raise ValueError(f"{path}: key '{section}' must be a list of objects, got {type(entries).__name__}.")
+            raise DataValidationError(
+                f"{path}: key '{section}' must be a list of objects, got {type(entries).__name__}."
+            )
         resolved = []
         for i, entry in enumerate(entries):
             where = f"{path}: '{section}'[{i}]"
             if not isinstance(entry, dict):
-                raise ValueError(f"{where} must be an object with an 'image' path, got {entry!r}.")
+                raise DataValidationError(f"{where} must be an object with an 'image' path, got {entry!r}.")
             if not _check_path_value(entry.get("image")):
-                raise ValueError(f"{where} needs a non-empty 'image' path, got {entry.get('image')!r}.")
+                raise DataValidationError(f"{where} needs a non-empty 'image' path, got {entry.get('image')!r}.")
             if _LABEL_REQUIRED[section] and "label" not in entry:
-                raise ValueError(f"{where} needs a 'label' path (section '{section}' is labelled): {entry!r}.")
+                raise DataValidationError(f"{where} needs a 'label' path (section '{section}' is labelled): {entry!r}.")
             if "label" in entry and not _check_path_value(entry["label"]):
-                raise ValueError(f"{where} has an invalid 'label' path {entry['label']!r}.")
+                raise DataValidationError(f"{where} has an invalid 'label' path {entry['label']!r}.")
             item = dict(entry)
             for key in _PATH_KEYS:
                 if key in item:
@@ -124,7 +130,7 @@ def _scan(folder: Path) -> dict[str, Path]:
         if f.name.startswith(".") or name is None or not f.is_file():
             continue
         if name in files:
-            raise ValueError(f"{folder}: two files for case '{name}': {files[name].name} and {f.name}.")
+            raise DataValidationError(f"{folder}: two files for case '{name}': {files[name].name} and {f.name}.")
         files[name] = f
     return files
 
@@ -153,7 +159,7 @@ def _pair(images_dir: Path, labels_dir: Path | None, labels_required: bool) -> l
         entries.append(entry)
     orphans = sorted(set(labels or {}) - used)
     if orphans:
-        raise ValueError(f"label {labels[orphans[0]]} has no image in {images_dir}.")
+        raise DataValidationError(f"label {labels[orphans[0]]} has no image in {images_dir}.")
     return entries
 
 
@@ -226,23 +232,27 @@ def build_datalist(
     if not tr_dir.is_dir():
         raise FileNotFoundError(f"labelled image folder not found: {tr_dir}")
     if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise ValueError(
+        raise DataValidationError(
             f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) with a sum below 1."
         )
     labelled = _pair(tr_dir, root / labels_tr, labels_required=True)
     if not labelled:
-        raise ValueError(f"no supported image files ({', '.join(SUPPORTED_SUFFIXES)}) in {tr_dir}.")
+        raise DataValidationError(f"no supported image files ({', '.join(SUPPORTED_SUFFIXES)}) in {tr_dir}.")
     n = len(labelled)
     order = [labelled[i] for i in np.random.default_rng(seed).permutation(n)]
     n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
     n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
     if n_val + n_test >= n:
-        raise ValueError(f"{n} labelled cases in {tr_dir} leave none for training with {n_val} val / {n_test} test.")
+        raise DataValidationError(
+            f"{n} labelled cases in {tr_dir} leave none for training with {n_val} val / {n_test} test."
+        )
     validation, test, training = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
     demoted: list[dict] = []
     if n_labelled is not None:
         if int(n_labelled) != n_labelled or not 1 <= n_labelled <= len(training):
-            raise ValueError(f"n_labelled={n_labelled} must be an integer in [1, {len(training)}] for {tr_dir}.")
+            raise DataValidationError(
+                f"n_labelled={n_labelled} must be an integer in [1, {len(training)}] for {tr_dir}."
+            )
         training, demoted = training[: int(n_labelled)], [{"image": e["image"]} for e in training[int(n_labelled) :]]
 
     unlabeled_dir = root / images_unlabeled

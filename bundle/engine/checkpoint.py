@@ -24,7 +24,7 @@ from ignite.engine import Engine
 
 from bundle.engine.distributed import is_rank0, unwrap_model
 from bundle.engine.errors import CheckpointError
-from bundle.engine.files import remove_stale_temporaries, safe_load, save_atomic
+from bundle.engine.files import check_state_dict, remove_stale_temporaries, safe_load, save_atomic
 from bundle.engine.rng import numpy_state, numpy_state_tuple, rng_state, set_rng_state, transform_random_states
 
 __all__ = ["TrainingState"]
@@ -115,6 +115,7 @@ class TrainingState:
             missing.append("optimizer")
         if missing:
             raise CheckpointError(f"{path} is not a full training checkpoint: missing {missing}")
+        check_state_dict(state["network"], unwrap_model(self.network), path)
         unwrap_model(self.network).load_state_dict(state["network"])
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])

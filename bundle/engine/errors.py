@@ -38,7 +38,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or holds something other than plain tensors."""
 
 
-USER_ERRORS = (DataValidationError, NonFiniteLossError, CheckpointError)
+# printed without a traceback: the bundle's own errors and a missing file or folder (its message names the path)
+USER_ERRORS = (DataValidationError, NonFiniteLossError, CheckpointError, FileNotFoundError)
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -10,6 +10,7 @@ from typing import Any
 
 from bundle.data.datalist import SECTIONS, case_name, load_datalist
 from bundle.data.readers import SUPPORTED_SUFFIXES
+from bundle.engine.errors import DataValidationError
 
 __all__ = ["list_inputs"]
 
@@ -36,7 +37,7 @@ def _case_ids(paths: Sequence[str]) -> list[str]:
     ids = [f"{parent}_{name}" for parent, name in zip(parents, names)]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"inputs with the same case id {dup[0]!r}: rename them or list them in a datalist.")
+        raise DataValidationError(f"inputs with the same case id {dup[0]!r}: rename them or list them in a datalist.")
     return ids
 
 
@@ -72,18 +73,18 @@ def list_inputs(
     path = Path(os.path.expanduser(src))
     if path.suffix.lower() == ".json" and path.is_file():
         if section not in SECTIONS:
-            raise ValueError(f"unknown data list section {section!r}; expected one of {SECTIONS}.")
+            raise DataValidationError(f"unknown data list section {section!r}; expected one of {SECTIONS}.")
         datalist = load_datalist(path)
         entries = datalist[section]
         if not entries:
             counts = ", ".join(f"{k} {len(v)}" for k, v in datalist.items())
-            raise ValueError(f"{path}: section '{section}' is empty ({counts}); choose another section.")
+            raise DataValidationError(f"{path}: section '{section}' is empty ({counts}); choose another section.")
         out = []
         for i, entry in enumerate(entries):
             item = {k: v for k, v in entry.items() if k != "label"}
             if label_key is not None:
                 if "label" not in entry:
-                    raise ValueError(f"{path}: '{section}'[{i}] has no 'label' to evaluate against: {entry}.")
+                    raise DataValidationError(f"{path}: '{section}'[{i}] has no 'label' to evaluate against: {entry}.")
                 item[label_key] = entry["label"]
             out.append(item)
         ids = _case_ids([e["image"] if isinstance(e["image"], str) else e["image"][0] for e in out])
@@ -91,7 +92,7 @@ def list_inputs(
             item.setdefault("case_id", case_id)
         return out
     if label_key is not None:
-        raise ValueError(f"labels for evaluation need a data list .json, got {src!r}.")
+        raise DataValidationError(f"labels for evaluation need a data list .json, got {src!r}.")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if _supported(p))
         where = f"folder {path}"
@@ -100,7 +101,9 @@ def list_inputs(
         where = f"pattern {src!r}"
     elif path.is_file():
         if case_name(path) is None:
-            raise ValueError(f"{path}: unsupported file type; expected one of {SUPPORTED_SUFFIXES} or a .json list.")
+            raise DataValidationError(
+                f"{path}: unsupported file type; expected one of {SUPPORTED_SUFFIXES} or a .json list."
+            )
         files = [path]
         where = str(path)
     else:

@@ -117,3 +117,14 @@ def test_load_errors_name_file_and_key(tmp_path: Path, content: str, match: str)
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="absent.json"):
         load_datalist(tmp_path / "absent.json")
+
+
+def test_invalid_json_names_file_line_and_column(tmp_path):
+    from bundle.engine.errors import DataValidationError
+
+    bad = tmp_path / "datalist.json"
+    bad.write_text('{\n  "training": [\n    {"image": "a.nii.gz",}\n  ]\n}\n')
+    with pytest.raises(DataValidationError, match=r"datalist\.json: not valid JSON at line 3, column \d+"):
+        load_datalist(bad)
+    with pytest.raises(FileNotFoundError, match="does not exist: check dataset_dir"):
+        load_datalist(tmp_path / "nowhere" / "datalist.json")
