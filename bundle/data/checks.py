@@ -18,6 +18,7 @@ data list then names the same file as image and label).
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import logging
 import math
 import os
@@ -41,6 +42,15 @@ AFFINE_RTOL, AFFINE_ATOL = 1e-3, 1e-4
 MAX_LISTED_PROBLEMS = 20
 
 
+def _content_digest(data: np.ndarray) -> str:
+    """A fingerprint of an image's voxel values that does not depend on the file format, data type, axis order
+    or flips: the sorted shape and the first three moments of the values (float64, 12 significant digits)."""
+    v = np.asarray(data, dtype=np.float64).ravel()
+    parts = [sorted(int(n) for n in np.squeeze(data).shape), v.size, float(v.min()), float(v.max())]
+    parts += [float(f"{np.sum(v**k):.12g}") for k in (1, 2, 3)]
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+
 def _statistics(info: VolumeInfo, data: np.ndarray, num_classes: int | None, label: bool) -> None:
     """Fill the value range; raise :class:`VolumeProblem` for NaN/Inf voxels or bad label values."""
     if data.size == 0:
@@ -50,7 +60,11 @@ def _statistics(info: VolumeInfo, data: np.ndarray, num_classes: int | None, lab
         bad = int(np.count_nonzero(~np.isfinite(data)))
         raise VolumeProblem(f"has {bad} NaN/Inf voxel(s) of {data.size}")
     info.minimum, info.maximum = float(lo), float(hi)
+    info.distinct = min(3, len(np.unique(data.ravel()[:: max(1, data.size // 200_000)][:200_000])))
+    if info.distinct < 3:  # a sample can miss rare values: count exactly
+        info.distinct = min(3, len(np.unique(data)))
     if not label:
+        info.digest = _content_digest(data)
         return
     if data.dtype.kind == "f" and not np.array_equal(data, np.rint(data)):
         examples = np.unique(data[data != np.rint(data)])[:5].tolist()
@@ -149,6 +163,23 @@ def find_leaks(datalist: Mapping[str, Sequence[Mapping]]) -> list[tuple[str, str
     return leaks
 
 
+def modality_note(info: VolumeInfo, modality: str | None) -> str | None:
+    """A warning when an image's values do not look like the declared ``modality`` (``None``: they do)."""
+    if modality is None or info.minimum is None or info.maximum is None:
+        return None
+    lo, hi, rng = info.minimum, info.maximum, f"values {info.minimum:g} to {info.maximum:g}"
+    if info.distinct is not None and info.distinct <= 2:
+        kind = "constant" if info.distinct == 1 else "binary (two values)"
+        return f"{info.path}: image is {kind} ({rng}): a mask or an empty volume given as an image?"
+    if modality == "ct":
+        if 0.0 <= lo and hi <= 1.0:
+            return f"{info.path}: {rng} look already normalised, not Hounsfield units: set modality to 'none'"
+        if lo < -3000 or hi > 40000 or lo >= 0:
+            why = "nothing below 0 (CT in HU has air at about -1000)" if lo >= 0 else "outside the HU range"
+            return f"{info.path}: {rng}, {why}: not a CT in Hounsfield units? Set modality to 'mr' (z-score) or 'none'"
+    return None
+
+
 def _padding_note(info: VolumeInfo, patch_size: Sequence[int], spacing: Sequence[float] | None) -> str | None:
     """A note when the volume, after ``Orientationd("RAS")`` and ``Spacingd(spacing)``, is smaller than the patch."""
     import nibabel as nib
@@ -177,13 +208,14 @@ def _check_case(
     num_classes: int,
     check_voxels: bool,
     h5_spacing: float,
-) -> tuple[list[tuple[str, str]], list[VolumeInfo]]:
-    """Problems ``(file, problem)`` and the image volume infos of one data-list entry."""
+) -> tuple[list[tuple[str, str]], list[VolumeInfo], list[VolumeInfo]]:
+    """Problems ``(file, problem)``, the image and the label volume infos of one data-list entry."""
     problems: list[tuple[str, str]] = []
     images: list[VolumeInfo] = []
+    labels: list[VolumeInfo] = []
     image_files = entry_files(entry.get("image"))
     if not image_files:
-        return [(repr(dict(entry)), f"'{section}' entry has no 'image' file")], []
+        return [(repr(dict(entry)), f"'{section}' entry has no 'image' file")], [], []
     per_file_channels = in_channels if len(image_files) == 1 else 1
     for f in image_files:
         try:
@@ -204,11 +236,12 @@ def _check_case(
         else:
             try:
                 lab = check_image_file(label_files[0], "label", 1, num_classes, check_voxels, h5_spacing)
+                labels.append(lab)
                 if images and not problems:
                     problems += _pair_problems(images[0], [lab], "label")
             except DataValidationError as e:
                 problems += e.problems
-    return problems, images
+    return problems, images, labels
 
 
 def _pair_problems(ref: VolumeInfo, others: Sequence[VolumeInfo], what: str) -> list[tuple[str, str]]:
@@ -260,6 +293,7 @@ def check_training_inputs(
     h5_spacing: float = 0.625,
     num_threads: int = 4,
     source: str | None = None,
+    modality: str | None = None,
 ) -> ValidationReport:
     """Check everything training will read, before the first iteration; raise one error listing every problem.
 
@@ -271,7 +305,10 @@ def check_training_inputs(
     or test case (a leak; same file). Not errors: an empty unlabelled set (training falls back to the
     supervised loss with a warning, see ``bundle.data.samplers.unlabeled_stream``), and a volume smaller than
     ``patch_size`` at the training ``spacing`` (zero-padded by ``SpatialPadd``; a note names the file).
-    ``test`` cases are only used for the leak check (their files are not opened).
+    With ``check_voxels``: a labelled set whose labels are all empty is an error, a single empty label a note;
+    an image identical in content (voxel values) to a validation or test image is a leak like the same file;
+    the same image listed twice for training is a note; images that do not look like ``modality`` are noted.
+    ``test`` cases are only used for the leak checks (their voxels are read for the content check only).
 
     Args:
         datalist: a data-list JSON path (see ``bundle.data.datalist``) or a mapping with the sections
@@ -286,6 +323,8 @@ def check_training_inputs(
         h5_spacing: voxel size (mm) given to legacy ``.h5`` volumes. Default 0.625.
         num_threads: files read in parallel. Default 4.
         source: where the data list came from, quoted in messages (e.g. the data-list file). Default None.
+        modality: the declared modality (``ct``, ``mr``, ``flair``, ``none``): images whose values do not look like
+            it (:func:`modality_note`) get a warning naming the file, the range and the setting. Default None.
 
     Returns:
         A :class:`ValidationReport` (counts and notes; notes are also logged).
@@ -322,17 +361,27 @@ def check_training_inputs(
 
     jobs = [(e, "training", True) for e in training] + [(e, "validation", True) for e in validation]
     jobs += [(e, "unlabeled", False) for e in unlabeled]
+    test_files = [f for e in lists.get("test") or [] for f in entry_files(e.get("image"))] if check_voxels else []
 
     def run(job):
         entry, section, labelled = job
         return _check_case(entry, section, labelled, in_channels, num_classes, check_voxels, h5_spacing)
 
+    def digest(path: str) -> str | None:
+        try:
+            return check_image_file(path, "image", None, None, True, h5_spacing).digest
+        except DataValidationError:
+            return None  # unreadable test files are inference's concern
+
     if num_threads > 1 and len(jobs) > 1:
         with concurrent.futures.ThreadPoolExecutor(min(num_threads, len(jobs))) as pool:
             results = list(pool.map(run, jobs))
+            test_digests = list(pool.map(digest, test_files))
     else:
         results = [run(job) for job in jobs]
-    for (entry, section, _), (case_problems, images) in zip(jobs, results):
+        test_digests = [digest(f) for f in test_files]
+    empty_labels, n_labels = [], 0
+    for (entry, section, _), (case_problems, images, labels) in zip(jobs, results):
         problems += case_problems
         for info in images:
             report.volumes[info.path] = info
@@ -340,17 +389,70 @@ def check_training_inputs(
                 note = _padding_note(info, patch_size, spacing)
                 if note:
                     report.notes.append(note)
+            note = modality_note(info, modality)
+            if note:
+                report.notes.append(note)
+        if section == "training":
+            n_labels += sum(lab.maximum is not None for lab in labels)
+            empty_labels += [lab.path for lab in labels if lab.maximum is not None and lab.maximum == 0]
+    if check_voxels and n_labels and len(empty_labels) == n_labels:
+        problems.append((source or "training", f"all {n_labels} training labels are empty (only 0): nothing to learn"))
+    elif empty_labels:
+        report.notes += [f"{f}: training label is empty (only background)" for f in empty_labels]
+    problems += _content_leaks(jobs, results, test_files, test_digests, where)
+    report.notes += _repeated_cases(jobs, results)
     if problems:
         raise DataValidationError(_problem_message(problems, where), problems)
     for note in report.notes[:MAX_LISTED_PROBLEMS]:
         logger.warning(note)
     if len(report.notes) > MAX_LISTED_PROBLEMS:
-        logger.warning(f"note: {len(report.notes) - MAX_LISTED_PROBLEMS} more volume(s) are smaller than the patch")
+        logger.warning(f"note: {len(report.notes) - MAX_LISTED_PROBLEMS} more note(s) not shown")
     logger.info(
         f"checked {len(jobs)} case(s) ({len(training)} labelled, {len(unlabeled)} unlabelled, {len(validation)} "
         f"validation) in {time.perf_counter() - t0:.1f} s: no problems"
     )
     return report
+
+
+def _content_leaks(jobs, results, test_files, test_digests, where: str) -> list[tuple[str, str]]:
+    """Training or unlabelled images with the same voxel values as a validation or test image (another file)."""
+    held_out: dict[str, tuple[str, str]] = {}
+    for (_, section, _), (_, images, _) in zip(jobs, results):
+        if section == "validation":
+            for info in images:
+                if info.digest:
+                    held_out.setdefault(info.digest, (info.path, section))
+    for path, d in zip(test_files, test_digests):
+        if d:
+            held_out.setdefault(d, (path, "test"))
+    leaks = []
+    for (_, section, _), (_, images, _) in zip(jobs, results):
+        if section in ("training", "unlabeled"):
+            for info in images:
+                hit = held_out.get(info.digest) if info.digest else None
+                if hit and _identity(hit[0]) != _identity(info.path):
+                    leaks.append(
+                        (info.path, f"has the same image content as the '{hit[1]}' case {hit[0]} (data leak){where}")
+                    )
+    return leaks
+
+
+def _repeated_cases(jobs, results) -> list[str]:
+    """Notes for an image used twice for training (the same file, or the same voxel values)."""
+    seen: dict[tuple, str] = {}
+    notes = []
+    for (_, section, _), (_, images, _) in zip(jobs, results):
+        if section not in ("training", "unlabeled"):
+            continue
+        for info in images:
+            keys = [_identity(info.path)] + ([("digest", info.digest)] if info.digest else [])
+            first = next((seen[k] for k in keys if k in seen), None)
+            if first is not None:
+                same = "the same file as" if _identity(first) == _identity(info.path) else "identical in content to"
+                notes.append(f"{info.path} ({section}) is {same} {first}: the case is used twice for training")
+            for k in keys:
+                seen.setdefault(k, info.path)
+    return notes
 
 
 def _problem_message(problems: Sequence[tuple[str, str]], where: str) -> str:

@@ -76,6 +76,9 @@ class VolumeInfo:
         shape: spatial shape ``(H, W, D)``; ``channels``: number of channels (1 for a plain 3D volume).
         affine: 4x4 voxel-to-world (RAS, mm) matrix. ``dtype``: stored data type.
         minimum, maximum: voxel value range (``None`` when voxels were not read).
+        distinct: number of distinct voxel values, counted up to 3 (``None`` when voxels were not read).
+        digest: a hash of the voxel values as float32 (``None`` when voxels were not read): equal digests mean
+            identical images, whatever the file format.
     """
 
     path: str
@@ -86,6 +89,8 @@ class VolumeInfo:
     dtype: str
     minimum: float | None = None
     maximum: float | None = None
+    distinct: int | None = None
+    digest: str | None = None
 
     @property
     def spacing(self) -> np.ndarray:

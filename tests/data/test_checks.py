@@ -240,9 +240,9 @@ def test_single_frame_4d_input_is_accepted(cases: dict) -> None:
 
 
 def test_multi_channel_4d_input_with_matching_in_channels(cases: dict) -> None:
-    for section in ("training", "unlabeled", "validation"):
+    for k, section in enumerate(("training", "unlabeled", "validation")):
         for i, entry in enumerate(cases[section]):
-            nifti(Path(entry["image"]), image(i, (*SHAPE, 2)))
+            nifti(Path(entry["image"]), image(10 * k + i, (*SHAPE, 2)))  # distinct images (no content leak)
     check(cases, in_channels=2)
 
 
