@@ -12,7 +12,12 @@ from bundle.engine.errors import CheckpointError, DataValidationError, NonFinite
 
 @pytest.mark.parametrize(
     "error",
-    [DataValidationError("/x/a.nii.gz: bad"), NonFiniteLossError("nan at 3"), CheckpointError("cannot read /x/c.pt")],
+    [
+        DataValidationError("/x/a.nii.gz: bad"),
+        NonFiniteLossError("nan at 3"),
+        CheckpointError("cannot read /x/c.pt"),
+        FileNotFoundError("data list not found: /x/datalist.json (its folder /x does not exist: check dataset_dir)"),
+    ],
 )
 def test_error_hook_prints_the_message_last(error: Exception, monkeypatch) -> None:
     try:
