@@ -133,7 +133,7 @@ def compare_windows(
     for name, setting in settings.items():
         inferer = build_inferer(setting, patch)
         scores, seconds, windows = [], [], []
-        for case_id, image, label in cases:
+        for _case_id, image, label in cases:
             times = []
             for _ in range(max(1, repeats)):
                 seen["n"] = 0

@@ -54,6 +54,6 @@ def test_presets_override_existing_ids_only(preset):
     # a preset overrides either the training or the inference config
     bases = {name: json.loads((REPO_ROOT / "configs" / name).read_text()) for name in ("train.json", "inference.json")}
     matching = [name for name, base in bases.items() if all(_has_id(base, key) for key in override)]
-    assert matching, f"{preset.name}: ids {[k for k in override]} are not all ids of train.json or inference.json"
+    assert matching, f"{preset.name}: ids {list(override)} are not all ids of train.json or inference.json"
     for key, value in override.items():
         assert not isinstance(value, dict), f"{preset.name}: {key!r} replaces a whole dict; use flat ids"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 from conftest import TINY_TRAIN, TRAIN_CONFIG, read_log, run_bundle
 from monai.data import list_data_collate
 
@@ -35,7 +35,7 @@ def mixed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mixed")
     generate_demo_dataset(root, n_labelled=3, n_unlabelled=3, n_val=3, n_test=3, shape=(40, 40, 12))
     datalist = json.loads((root / "datalist.json").read_text())
-    for section, entries in datalist.items():
+    for entries in datalist.values():
         for i, entry in enumerate(entries):
             suffix = SUFFIXES[i % len(SUFFIXES)]
             for key in ("image", "label"):

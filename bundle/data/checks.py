@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bundle.data.readers import VolumeInfo, VolumeProblem, read_volume
+from bundle.data.readers import VolumeInfo, VolumeProblemError, read_volume
 from bundle.engine.errors import DataValidationError, install_error_hook
 
 __all__ = ["ValidationReport", "check_image_file", "check_training_inputs", "entry_files", "find_leaks"]
@@ -52,13 +52,13 @@ def _content_digest(data: np.ndarray) -> str:
 
 
 def _statistics(info: VolumeInfo, data: np.ndarray, num_classes: int | None, label: bool) -> None:
-    """Fill the value range; raise :class:`VolumeProblem` for NaN/Inf voxels or bad label values."""
+    """Fill the value range; raise :class:`VolumeProblemError` for NaN/Inf voxels or bad label values."""
     if data.size == 0:
-        raise VolumeProblem("holds no voxels")
+        raise VolumeProblemError("holds no voxels")
     lo, hi = data.min(), data.max()
     if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         bad = int(np.count_nonzero(~np.isfinite(data)))
-        raise VolumeProblem(f"has {bad} NaN/Inf voxel(s) of {data.size}")
+        raise VolumeProblemError(f"has {bad} NaN/Inf voxel(s) of {data.size}")
     info.minimum, info.maximum = float(lo), float(hi)
     info.distinct = min(3, len(np.unique(data.ravel()[:: max(1, data.size // 200_000)][:200_000])))
     if info.distinct < 3:  # a sample can miss rare values: count exactly
@@ -68,11 +68,11 @@ def _statistics(info: VolumeInfo, data: np.ndarray, num_classes: int | None, lab
         return
     if data.dtype.kind == "f" and not np.array_equal(data, np.rint(data)):
         examples = np.unique(data[data != np.rint(data)])[:5].tolist()
-        raise VolumeProblem(f"label has non-integer values (e.g. {examples}); labels must be class indices")
+        raise VolumeProblemError(f"label has non-integer values (e.g. {examples}); labels must be class indices")
     if num_classes is not None and (lo < 0 or hi >= num_classes):
         outside = np.unique(data[(data < 0) | (data >= num_classes)])[:10].tolist()
         hint = " (a 0/255 mask must be converted to 0/1)" if outside == [255] and num_classes == 2 else ""
-        raise VolumeProblem(
+        raise VolumeProblemError(
             f"label values {outside} are outside the declared classes 0..{num_classes - 1} "
             f"(num_classes={num_classes}){hint}"
         )
@@ -112,7 +112,7 @@ def check_image_file(
         info, data = read_volume(path, key, in_channels, check_voxels, h5_spacing)
         if data is not None:
             _statistics(info, data, num_classes, key == "label")
-    except VolumeProblem as e:
+    except VolumeProblemError as e:
         raise DataValidationError(f"{path}: {e}", [(path, str(e))]) from None
     return info
 
@@ -381,7 +381,7 @@ def check_training_inputs(
         results = [run(job) for job in jobs]
         test_digests = [digest(f) for f in test_files]
     empty_labels, n_labels = [], 0
-    for (entry, section, _), (case_problems, images, labels) in zip(jobs, results):
+    for (_entry, section, _), (case_problems, images, labels) in zip(jobs, results):
         problems += case_problems
         for info in images:
             report.volumes[info.path] = info

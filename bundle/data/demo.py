@@ -127,9 +127,7 @@ def _blob(
 
 
 def synthesize_case(
-    rng: np.random.Generator,
-    shape: Sequence[int] = (96, 96, 32),
-    spacing: Sequence[float] = (1.0, 1.0, 3.0),
+    rng: np.random.Generator, shape: Sequence[int] = (96, 96, 32), spacing: Sequence[float] = (1.0, 1.0, 3.0)
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic CT-like case in array (voxel) space.
 

@@ -5,8 +5,9 @@
   cropped around the atrium in x and y). :func:`prepare_la` writes a data list from ``train.list`` (and
   ``test.list`` if given): labelled = the first ``n_labelled`` IDs of ``train.list``, validation = its last
   ``n_val`` IDs (8 for the LA-lite benchmark; 0 gives the paper's split), unlabelled = the IDs in between.
-- **Pancreas-CT** (TCIA NIH Pancreas-CT, DICOM series + NIfTI labels): :func:`bundle.data.prepare_pancreas.prepare_pancreas` reads each CT
-  (a DICOM folder through ``SimpleITK.ImageSeriesReader``, or a NIfTI/NRRD/MHA file), reorients to RAS,
+- **Pancreas-CT** (TCIA NIH Pancreas-CT, DICOM series + NIfTI labels):
+  :func:`bundle.data.prepare_pancreas.prepare_pancreas` reads each CT (a DICOM folder through
+  ``SimpleITK.ImageSeriesReader``, or a NIfTI/NRRD/MHA file), reorients to RAS,
   resamples to 1 mm (CT bilinear; label nearest onto the CT grid), clips HU to [-125, 275] and scales to [0, 1],
   crops x and y to the pancreas bounding box with a 25-voxel margin (all slices kept), z-scores, and writes
   NIfTI volumes plus a data list.
@@ -25,7 +26,6 @@ several label budgets reuse them.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -241,7 +241,7 @@ def read_dicom_series(folder: str | os.PathLike) -> MetaTensor:
     Raises:
         FileNotFoundError: no DICOM series in ``folder``.
     """
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813
 
     from bundle.data.readers import SimpleITKVolumeReader
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from bundle.data.prepare import bbox, prepare_cases, read_list, read_volume, split_cases, write_split
+from bundle.data.prepare import bbox, prepare_cases, read_volume, split_cases, write_split
 
 __all__ = ["preprocess_pancreas_case", "prepare_pancreas"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 from monai.data import ImageReader
 from monai.data.utils import is_supported_format
 from monai.utils import ensure_tuple, ensure_tuple_rep
@@ -32,7 +32,7 @@ __all__ = [
     "ras_affine",
     "spacing_from_affine",
     "VolumeInfo",
-    "VolumeProblem",
+    "VolumeProblemError",
     "read_volume",
     "H5VolumeReader",
     "SimpleITKVolumeReader",
@@ -97,7 +97,7 @@ class VolumeInfo:
         return np.asarray(spacing_from_affine(self.affine))
 
 
-class VolumeProblem(Exception):
+class VolumeProblemError(Exception):
     """A problem with one file: the message completes ``"<path> ..."`` (``bundle.data.checks`` collects them)."""
 
 
@@ -112,25 +112,25 @@ def _has_suffix(path: str, suffixes: Sequence[str]) -> bool:
 
 
 def _spatial(shape: Sequence[int], in_channels: int | None, label: bool) -> tuple[tuple[int, int, int], int]:
-    """``(spatial shape, channels)`` of a stored array shape, or a :class:`VolumeProblem` for 2D/4D/5D input."""
+    """``(spatial shape, channels)`` of a stored array shape, or a :class:`VolumeProblemError` for 2D/4D/5D input."""
     shape = tuple(int(s) for s in shape)
     if len(shape) < 3:
-        raise VolumeProblem(f"is {len(shape)}D {shape}; the network is 3D and needs (H, W, D) volumes")
+        raise VolumeProblemError(f"is {len(shape)}D {shape}; the network is 3D and needs (H, W, D) volumes")
     if len(shape) == 3:
         spatial, channels = shape, 1
     elif len(shape) == 4:
         expected = 1 if label else (in_channels or 1)
         if shape[3] != expected:
             what = "a label must have one channel" if label else f"the network expects in_channels={expected}"
-            raise VolumeProblem(
+            raise VolumeProblemError(
                 f"is 4D {shape} with {shape[3]} frames/channels on the last axis; {what} "
                 f"(a 4D file is accepted only as (H, W, D, {expected}))"
             )
         spatial, channels = shape[:3], shape[3]
     else:
-        raise VolumeProblem(f"is {len(shape)}D {shape}; expected a 3D volume (H, W, D)")
+        raise VolumeProblemError(f"is {len(shape)}D {shape}; expected a 3D volume (H, W, D)")
     if min(spatial) <= 1:
-        raise VolumeProblem(f"has spatial shape {spatial}: a single slice (2D); the network needs a 3D volume")
+        raise VolumeProblemError(f"has spatial shape {spatial}: a single slice (2D); the network needs a 3D volume")
     return spatial, channels  # type: ignore[return-value]
 
 
@@ -147,20 +147,20 @@ def read_volume(
         ``(VolumeInfo without value range, voxel array or None)``.
 
     Raises:
-        VolumeProblem: missing, empty, unreadable or truncated file, or a shape that is not a 3D volume.
+        VolumeProblemError: missing, empty, unreadable or truncated file, or a shape that is not a 3D volume.
     """
     label = key == "label"
     p = Path(path)
     if not p.exists():
         parent = next((q for q in p.parents if q.exists()), None)
         hint = "" if parent == p.parent else f" (folder {p.parent} does not exist either)"
-        raise VolumeProblem(f"file not found{hint}")
+        raise VolumeProblemError(f"file not found{hint}")
     if p.is_dir() and not _has_suffix(path, SUPPORTED_SUFFIXES):
         return _read_monai(path, key, in_channels, label, voxels)
     if p.is_dir():
-        raise VolumeProblem("is a folder, expected a volume file")
+        raise VolumeProblemError("is a folder, expected a volume file")
     if p.stat().st_size == 0:
-        raise VolumeProblem("is an empty file (0 bytes)")
+        raise VolumeProblemError("is an empty file (0 bytes)")
     if _has_suffix(path, H5_SUFFIXES):
         return _read_h5(path, key, label, voxels, h5_spacing)
     if _has_suffix(path, SITK_SUFFIXES):
@@ -178,14 +178,16 @@ def _read_nifti(path: str, key: str, in_channels: int | None, label: bool, voxel
         shape, affine = img.shape, np.asarray(img.affine, dtype=np.float64)
         dtype = str(img.get_data_dtype())
     except Exception as e:
-        raise VolumeProblem(f"unreadable NIfTI header (corrupt or truncated file?): {_first_line(e)}") from None
+        raise VolumeProblemError(f"unreadable NIfTI header (corrupt or truncated file?): {_first_line(e)}") from None
     spatial, channels = _spatial(shape, in_channels, label)
     data = None
     if voxels:
         try:
             data = np.asanyarray(img.dataobj)
         except Exception as e:
-            raise VolumeProblem(f"cannot read the voxel data (truncated or corrupt file?): {_first_line(e)}") from None
+            raise VolumeProblemError(
+                f"cannot read the voxel data (truncated or corrupt file?): {_first_line(e)}"
+            ) from None
     return VolumeInfo(path, key, spatial, channels, affine, dtype), data
 
 
@@ -194,18 +196,18 @@ def _read_h5(path: str, key: str, label: bool, voxels: bool, h5_spacing: float):
     try:
         with h5py.File(path, "r") as f:
             if dataset not in f:
-                raise VolumeProblem(f"has no dataset '{dataset}' (datasets: {sorted(f.keys())})")
+                raise VolumeProblemError(f"has no dataset '{dataset}' (datasets: {sorted(f.keys())})")
             ds = f[dataset]
             shape, dtype = ds.shape, str(ds.dtype)
             if len(shape) != 3:
                 _spatial(shape, 1, label)  # 2D / single-slice messages
-                raise VolumeProblem(f"dataset '{dataset}' is {len(shape)}D {tuple(shape)}; expected 3D (x, y, z)")
+                raise VolumeProblemError(f"dataset '{dataset}' is {len(shape)}D {tuple(shape)}; expected 3D (x, y, z)")
             spatial, channels = _spatial(shape, 1, label)
             data = np.asarray(ds[()]) if voxels else None
-    except VolumeProblem:
+    except VolumeProblemError:
         raise
     except Exception as e:
-        raise VolumeProblem(f"unreadable h5 file (corrupt or truncated?): {_first_line(e)}") from None
+        raise VolumeProblemError(f"unreadable h5 file (corrupt or truncated?): {_first_line(e)}") from None
     affine = np.diag([*np.broadcast_to(np.asarray(h5_spacing, dtype=np.float64), (3,)), 1.0])
     return VolumeInfo(path, key, spatial, channels, affine, dtype), data
 
@@ -218,20 +220,22 @@ def _read_sitk(path: str, key: str, in_channels: int | None, label: bool, voxels
         size, components = tuple(reader.GetSize()), int(reader.GetNumberOfComponents())
         dtype = sitk.GetPixelIDValueAsString(reader.GetPixelID())
     except Exception as e:
-        raise VolumeProblem(f"unreadable image header (corrupt or truncated file?): {_first_line(e)}") from None
+        raise VolumeProblemError(f"unreadable image header (corrupt or truncated file?): {_first_line(e)}") from None
     if len(size) != 3:
         _spatial(size, in_channels, label)
-        raise VolumeProblem(f"is {len(size)}D {size}; NRRD/MetaImage inputs must be 3D")
+        raise VolumeProblemError(f"is {len(size)}D {size}; NRRD/MetaImage inputs must be 3D")
     spatial, _ = _spatial(size, in_channels, label)
     expected = 1 if label else (in_channels or 1)
     if components != expected:
-        raise VolumeProblem(f"has {components} components per voxel; expected {expected}")
+        raise VolumeProblemError(f"has {components} components per voxel; expected {expected}")
     data = None
     if voxels:
         try:
             data = sitk.GetArrayFromImage(reader.Execute())
         except Exception as e:
-            raise VolumeProblem(f"cannot read the voxel data (truncated or corrupt file?): {_first_line(e)}") from None
+            raise VolumeProblemError(
+                f"cannot read the voxel data (truncated or corrupt file?): {_first_line(e)}"
+            ) from None
     return VolumeInfo(path, key, spatial, components, ras_affine(reader), dtype), data
 
 
@@ -241,7 +245,9 @@ def _read_monai(path: str, key: str, in_channels: int | None, label: bool, voxel
     try:
         img = LoadImage(image_only=True, ensure_channel_first=False)(path)
     except Exception as e:
-        raise VolumeProblem(f"unreadable image (unsupported format, corrupt or truncated?): {_first_line(e)}") from None
+        raise VolumeProblemError(
+            f"unreadable image (unsupported format, corrupt or truncated?): {_first_line(e)}"
+        ) from None
     spatial, channels = _spatial(img.shape, in_channels, label)
     affine = np.asarray(img.affine, dtype=np.float64)
     return VolumeInfo(path, key, spatial, channels, affine, str(img.dtype)), np.asarray(img)

@@ -26,8 +26,11 @@ class DataValidationError(ValueError):
     """
 
     def __init__(self, message: str, problems: Sequence[tuple[str, str]] = ()):
-        super().__init__(message)
+        super().__init__(message, list(problems))  # all arguments, so that pickle and copy rebuild it
         self.problems = list(problems)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class NonFiniteLossError(RuntimeError):

@@ -34,11 +34,7 @@ def _as_tuple(x: Any) -> Any:
 
 def rng_state() -> dict:
     """Python, NumPy and torch (CPU and CUDA) RNG states as plain tensors and ints."""
-    state = {
-        "python": random.getstate(),
-        "numpy": numpy_state(np.random.get_state()),
-        "torch": torch.get_rng_state(),
-    }
+    state = {"python": random.getstate(), "numpy": numpy_state(np.random.get_state()), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

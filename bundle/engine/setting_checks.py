@@ -260,7 +260,7 @@ def command_line_problems(files: Sequence[str], overrides: Mapping[str, Any]) ->
             )
     values = {k: v for k, v in merged.items() if not isinstance(v, (dict, list)) or k in SPECS}
     values.update(overrides)
-    problems += check_settings(values, where={k: "command line" for k in overrides})
+    problems += check_settings(values, where=dict.fromkeys(overrides, "command line"))
     return problems
 
 
@@ -280,6 +280,4 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
     files, overrides = parsed
     problems = command_line_problems(files, overrides)
     if problems:
-        raise SettingsError(
-            f"{len(problems)} setting problem(s), nothing was run:\n  " + "\n  ".join(problems),
-        )
+        raise SettingsError(f"{len(problems)} setting problem(s), nothing was run:\n  " + "\n  ".join(problems))

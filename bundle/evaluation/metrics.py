@@ -60,13 +60,13 @@ __all__ = [
     "summarize",
 ]
 
+# default scoring of a case where exactly one of prediction / reference is empty (see the module docstring)
 EMPTY_POLICY = "nan"
-"""Default scoring of a case where exactly one of prediction / reference is empty (see module docstring)."""
 
 EMPTY_POLICIES = ("nan", "reference")
 
+# the numeric per-case keys returned by ``case_metrics`` and summarised by ``summarize``
 METRIC_KEYS = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")
-"""The numeric per-case keys returned by ``case_metrics`` and summarised by ``summarize``."""
 
 
 def _as_bool(mask: Any, name: str) -> np.ndarray:
@@ -216,10 +216,7 @@ def asd(pred: Any, ref: Any, spacing: float | Sequence[float] | None = None) -> 
 
 
 def case_metrics(
-    pred: Any,
-    ref: Any,
-    spacing: float | Sequence[float] | None = None,
-    empty_policy: str = EMPTY_POLICY,
+    pred: Any, ref: Any, spacing: float | Sequence[float] | None = None, empty_policy: str = EMPTY_POLICY
 ) -> dict[str, Any]:
     """All per-case metrics of one binary prediction, sharing the surface computation.
 

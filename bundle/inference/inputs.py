@@ -42,10 +42,7 @@ def _case_ids(paths: Sequence[str]) -> list[str]:
 
 
 def list_inputs(
-    source: str | os.PathLike,
-    section: str = "test",
-    label_key: str | None = None,
-    skip_suffix: str | None = None,
+    source: str | os.PathLike, section: str = "test", label_key: str | None = None, skip_suffix: str | None = None
 ) -> list[dict[str, Any]]:
     """The cases to run inference on, as ``[{"image": path, "case_id": id, ...}, ...]``.
 

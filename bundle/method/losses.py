@@ -17,13 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = [
-    "soft_dice_loss",
-    "one_hot",
-    "PyramidSupervisedLoss",
-    "PyramidConsistencyLoss",
-    "SharpeningLoss",
-]
+__all__ = ["soft_dice_loss", "one_hot", "PyramidSupervisedLoss", "PyramidConsistencyLoss", "SharpeningLoss"]
 
 DICE_FORMS = ("paper", "reference")
 CONSISTENCY_FORMS = ("paper", "reference")

@@ -3,20 +3,17 @@ readable command-line error and the empty-unlabelled fallback."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
-import torch
+import SimpleITK as sitk  # noqa: N813
 
 from bundle.data.checks import check_image_file, check_training_inputs, find_leaks
 from bundle.data.datalist import load_datalist

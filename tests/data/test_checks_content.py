@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 
 from bundle.data.checks import check_training_inputs
 from bundle.engine.errors import DataValidationError

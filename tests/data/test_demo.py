@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.transforms import Compose, Invertd
+from monai.transforms import Invertd
 from scipy import ndimage
 
 from bundle.data.datalist import load_datalist

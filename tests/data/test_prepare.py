@@ -11,7 +11,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 
 from bundle.data.datalist import load_datalist
 from bundle.data.prepare import la_entries, prepare_la, read_dicom_series, read_list, split_cases
@@ -172,8 +172,8 @@ def test_prepare_pancreas_dicom(tmp_path):
     np.testing.assert_allclose(world(lab.affine, np.nonzero(m)), world(ras, np.nonzero(label)), atol=0.6)
     # the HU window was applied before the z-score: air (-1000) and -125 HU map to the same value
     assert np.isclose(a.min(), a[~m.astype(bool)].min())
+    (tmp_path / "Pancreas-CT" / "PANCREAS_0008").mkdir()
     with pytest.raises(FileNotFoundError, match="no label"):
-        (tmp_path / "Pancreas-CT" / "PANCREAS_0008").mkdir()
         prepare_pancreas(tmp_path / "Pancreas-CT", tmp_path / "labels", tmp_path / "out", n_labelled=1, n_test=0)
 
 

@@ -8,7 +8,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 import torch
 from conftest import config_content, shared_path
 from monai.data import MetaTensor

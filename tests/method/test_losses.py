@@ -109,11 +109,7 @@ def test_losses_float32_under_autocast():
     z = torch.randn(2, 2, 4, 4, 4).bfloat16()
     y = torch.randint(0, 2, (2, 4, 4, 4))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        outs = [
-            PyramidSupervisedLoss()([z, z], y)[0],
-            PyramidConsistencyLoss()([z, z.flip(2)]),
-            SharpeningLoss()([z]),
-        ]
+        outs = [PyramidSupervisedLoss()([z, z], y)[0], PyramidConsistencyLoss()([z, z.flip(2)]), SharpeningLoss()([z])]
     for out in outs:
         assert out.dtype == torch.float32 and out.dim() == 0 and torch.isfinite(out)
 

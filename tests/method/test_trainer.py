@@ -123,5 +123,5 @@ def test_without_unlabelled_data_only_the_supervised_term_is_left() -> None:
     out = step["out"]
     assert step["inputs"].shape[0] == N_L and "y_hat" not in step
     assert all(float(out[k]) == 0.0 for k in ("loss_semi", "loss_consis", "loss_sharp")) and float(out["lambda"]) == 0
-    sup = PyramidSupervisedLoss()([o for o in step["outputs"]], step["batch"]["label"].long())[0]
+    sup = PyramidSupervisedLoss()(list(step["outputs"]), step["batch"]["label"].long())[0]
     assert float(out["loss"]) == pytest.approx(float(sup), rel=1e-6) == float(out["loss_sup"])

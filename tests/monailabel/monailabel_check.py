@@ -343,7 +343,7 @@ def summary(check: Check, t_start: float) -> int:
     passed = sum(ok for _, ok, _, _ in check.results)
     failed = len(check.results) - passed
     print("\nMONAI Label check summary", flush=True)
-    for name, ok, detail, dt in check.results:
+    for name, ok, _detail, dt in check.results:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}  ({dt:.1f} s)", flush=True)
     print(f"total {time.time() - t_start:.0f} s", flush=True)
     print(f"{passed} passed, {failed} failed", flush=True)
