@@ -115,6 +115,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
                   "a list [low, high] of Hounsfield units with low < high"),  # fmt: skip
     "modality": _choice("ct", "mr", "flair", "none"),
     "sw_mode": _choice("constant", "gaussian"),
+    "semi_warmup": _choice("none", "rampup", "confidence"),
     "amp_dtype": _choice("bfloat16", "float16"),
     "sw_overlap": _number(0, 1, hi_open=True),
     "cache_rate": _number(0, 1),
@@ -132,7 +133,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
         for name in (
             "amp", "amp_cpu", "channels_last", "use_unlabeled", "noise_labeled", "use_mix", "use_semi",
             "use_consistency", "use_sharpening", "resume", "crop_foreground", "validate_teacher", "tta",
-            "keep_largest_cc", "save_masks", "invert_to_input",
+            "keep_largest_cc", "semi_on_clean", "save_masks", "invert_to_input",
         )
     },
 }  # fmt: skip

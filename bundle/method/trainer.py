@@ -37,6 +37,9 @@ def _as_list(outputs: Any) -> list[torch.Tensor]:
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
+SEMI_WARMUPS = ("none", "rampup", "confidence")
+
+
 class PLGDFTrainer(SupervisedTrainer):
     """Semi-supervised PLGDF trainer.
 
@@ -58,6 +61,13 @@ class PLGDFTrainer(SupervisedTrainer):
         noise_std, noise_clip: the noise n(x). Defaults to 0.1 and 0.2.
         noise_labeled: add noise to the labelled rows. Defaults to True.
         semi, consistency, sharpening: switch L_semi, L_consis and L_sharp. Default True.
+        semi_on_clean: L_semi also on the clean unlabelled rows against their pseudo-labels, as the paper's
+            Algorithm 1 (line 14) writes it; the authors' code and the paper's prose apply it to the mixed rows
+            only. Default False.
+        semi_warmup: weight of L_semi early in training, when the teacher is still poor: ``"none"`` (1, the
+            paper), ``"rampup"`` (the shape of ``lambda(t)``, ``rampup(t) / rampup.weight``: 0.007 at t = 0, 1 at
+            the end of the ramp-up) or ``"confidence"`` (the teacher's mean confidence over the unlabelled voxels,
+            rescaled from ``1/C..1`` to ``0..1``). Default ``"none"``.
         amp: autocast on CUDA (ignored on CPU). ``amp_dtype``: "bfloat16" or "float16" (with a GradScaler).
         amp_cpu: bfloat16 autocast on CPU (a numerics change, off by default; fast only on CPUs with native bf16
             instructions such as AVX512-BF16 or AMX, slower than fp32 elsewhere: measure with
@@ -87,6 +97,8 @@ class PLGDFTrainer(SupervisedTrainer):
         semi: bool = True,
         consistency: bool = True,
         sharpening: bool = True,
+        semi_on_clean: bool = False,
+        semi_warmup: str = "none",
         amp: bool = False,
         amp_dtype: str = "bfloat16",
         amp_cpu: bool = False,
@@ -99,6 +111,8 @@ class PLGDFTrainer(SupervisedTrainer):
     ):
         device = torch.device(device)
         use_amp = bool(amp) and device.type == "cuda"
+        if semi_warmup not in SEMI_WARMUPS:
+            raise ValueError(f"semi_warmup must be one of {SEMI_WARMUPS}, got {semi_warmup!r}")
         if amp_dtype not in ("bfloat16", "float16"):
             raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got {amp_dtype!r}")
         super().__init__(
@@ -137,6 +151,8 @@ class PLGDFTrainer(SupervisedTrainer):
         self.n_copies = n_copies
         self.noise_std, self.noise_clip, self.noise_labeled = noise_std, noise_clip, noise_labeled
         self.semi, self.consistency, self.sharpening = semi, consistency, sharpening
+        self.semi_on_clean, self.semi_warmup = bool(semi_on_clean), semi_warmup
+        self._confidence: torch.Tensor | None = None  # the teacher's mean confidence of this iteration
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         if channels_last:
             self.network.to(memory_format=self.memory_format)
@@ -176,7 +192,10 @@ class PLGDFTrainer(SupervisedTrainer):
             k = engine.n_copies
             x_u_noisy = engine._noise(x_u.repeat(k, *([1] * (x_u.ndim - 1))))  # copy-major
             with engine._autocast():
-                y_hat, _ = engine.teacher.pseudo_labels(x_u_noisy.contiguous(memory_format=engine.memory_format), k)
+                y_hat, mean_probs = engine.teacher.pseudo_labels(
+                    x_u_noisy.contiguous(memory_format=engine.memory_format), k
+                )
+            engine._confidence = mean_probs.max(dim=1).values.mean() if engine.semi_warmup == "confidence" else None
             y_hat = y_hat.repeat(k, *([1] * (y_hat.ndim - 1)))  # target of every noisy copy
             x_semi = engine.mix(x_u_noisy, x_l_in)[0] if engine.mix is not None else x_u_noisy
             rows += [x_semi, x_u]
@@ -223,7 +242,13 @@ class PLGDFTrainer(SupervisedTrainer):
         if y_hat is not None:
             n_semi = y_hat.shape[0]
             if self.semi:
-                terms["loss_semi"], _ = self.loss_function([o[n_l : n_l + n_semi] for o in outputs], y_hat)
+                if self.semi_on_clean:  # the clean rows' targets: the first copy's pseudo-labels (one per image)
+                    n_clean = outputs[0].shape[0] - n_l - n_semi
+                    target = torch.cat([y_hat, y_hat[:n_clean]], 0)
+                    terms["loss_semi"], _ = self.loss_function([o[n_l:] for o in outputs], target)
+                else:
+                    terms["loss_semi"], _ = self.loss_function([o[n_l : n_l + n_semi] for o in outputs], y_hat)
+                terms["loss_semi"] = terms["loss_semi"] * self._semi_weight(t, outputs[0].shape[1])
             if self.consistency:
                 terms["loss_consis"] = self.consistency_loss([o[n_l:] for o in outputs])
             if self.sharpening:
@@ -231,3 +256,12 @@ class PLGDFTrainer(SupervisedTrainer):
         terms["loss"] = terms["loss_sup"] + terms["loss_semi"] + weight * (terms["loss_sharp"] + terms["loss_consis"])
         terms["lambda"] = torch.tensor(weight)
         return terms
+
+    def _semi_weight(self, t: int, num_classes: int) -> float:
+        """The factor of L_semi at 0-based iteration ``t`` (``semi_warmup``)."""
+        if self.semi_warmup == "rampup":
+            return float(self.rampup(t)) / self.rampup.weight if self.rampup.weight > 0 else 1.0
+        if self.semi_warmup == "confidence" and self._confidence is not None:
+            floor = 1.0 / num_classes
+            return float(((self._confidence - floor) / (1.0 - floor)).clamp(0.0, 1.0))
+        return 1.0

@@ -31,7 +31,9 @@ def _batch() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     return {"image": x_l, "label": y_l}, x_u
 
 
-def _step(semi: bool = True, consistency: bool = True, sharpening: bool = True, unlabeled: bool = True) -> dict:
+def _step(
+    semi: bool = True, consistency: bool = True, sharpening: bool = True, unlabeled: bool = True, **switches
+) -> dict:
     """One iteration (the first: t = 0) from fixed weights and seeds; records what the student and teacher saw."""
     torch.manual_seed(0)
     network = PLGDFVNet(in_channels=1, out_channels=2, n_filters=2, dropout=False)
@@ -54,6 +56,7 @@ def _step(semi: bool = True, consistency: bool = True, sharpening: bool = True, 
         noise_labeled=False,  # so that the labelled rows of the student batch are x_l itself
         n_copies=K,
         channels_last=False,
+        **switches,
     )
     seen: dict = {}
 
@@ -65,8 +68,8 @@ def _step(semi: bool = True, consistency: bool = True, sharpening: bool = True, 
     pseudo_labels = teacher.pseudo_labels
 
     def recording_pseudo_labels(x, n_copies):
-        seen["y_hat"], probs = pseudo_labels(x, n_copies)
-        return seen["y_hat"], probs
+        seen["y_hat"], seen["mean_probs"] = pseudo_labels(x, n_copies)
+        return seen["y_hat"], seen["mean_probs"]
 
     teacher.pseudo_labels = recording_pseudo_labels
     trainer.state.iteration = 1  # Ignite counts from 1; the trainer's t is 0
@@ -125,3 +128,35 @@ def test_without_unlabelled_data_only_the_supervised_term_is_left() -> None:
     assert all(float(out[k]) == 0.0 for k in ("loss_semi", "loss_consis", "loss_sharp")) and float(out["lambda"]) == 0
     sup = PyramidSupervisedLoss()(list(step["outputs"]), step["batch"]["label"].long())[0]
     assert float(out["loss"]) == pytest.approx(float(sup), rel=1e-6) == float(out["loss_sup"])
+
+
+def test_semi_on_clean_adds_the_clean_rows_to_l_semi_only(full: dict) -> None:
+    """PLGDF+ switch: L_semi over the mixed AND the clean unlabelled rows (the paper's Algorithm 1, line 14)."""
+    step = _step(semi_on_clean=True)
+    out, outputs = step["out"], step["outputs"]
+    n_semi = N_U * K
+    target = torch.cat([step["y_hat"].repeat(K, 1, 1, 1), step["y_hat"]], 0)  # clean rows: their own pseudo-label
+    semi = PyramidSupervisedLoss()([o[N_L:] for o in outputs], target)[0]
+    assert float(out["loss_semi"]) == pytest.approx(float(semi), rel=1e-5)
+    assert float(out["loss_semi"]) != pytest.approx(float(full["out"]["loss_semi"]), rel=1e-3)
+    assert outputs[0].shape[0] == N_L + n_semi + N_U  # the same student batch
+    for other in ("loss_sup", "loss_consis", "loss_sharp"):
+        assert float(out[other]) == pytest.approx(float(full["out"][other]), rel=1e-6), other
+
+
+@pytest.mark.parametrize("warmup", ["rampup", "confidence"])
+def test_semi_warmup_scales_l_semi_only(full: dict, warmup: str) -> None:
+    """PLGDF+ switch: L_semi weighted by the ramp-up's shape or by the teacher's confidence early on."""
+    step = _step(semi_warmup=warmup)
+    out = step["out"]
+    if warmup == "rampup":
+        factor = full["rampup"](0) / full["rampup"].weight  # exp(-5) at t = 0
+    else:
+        conf = float(step["mean_probs"].max(dim=1).values.mean())
+        factor = (conf - 0.5) / 0.5
+    assert 0.0 < factor < 1.0
+    assert float(out["loss_semi"]) == pytest.approx(factor * float(full["out"]["loss_semi"]), rel=1e-5)
+    for other in ("loss_sup", "loss_consis", "loss_sharp"):
+        assert float(out[other]) == pytest.approx(float(full["out"][other]), rel=1e-6), other
+    with pytest.raises(ValueError, match="semi_warmup must be one of"):
+        _step(semi_warmup="linear")
