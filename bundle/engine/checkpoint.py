@@ -4,7 +4,8 @@
 resume handler loads it, the savers write it, the best-model saver in ``validate#handlers`` updates its best metric.
 A checkpoint is a dict of plain tensors and numbers (it loads with ``weights_only=True``):
 
-``network`` (student ``state_dict``), ``iteration``, ``epoch``, ``best_metric``, ``best_iteration``, ``rng`` (Python,
+``network`` (student ``state_dict``), ``iteration``, ``epoch``, ``best_metric``, ``best_iteration``, ``deployed``
+(``"student"`` or ``"teacher"``: which network ``model.pt`` holds), ``rng`` (Python,
 NumPy, torch), ``teacher``, ``optimizer``, ``lr_scheduler``, ``unlabeled_loader`` (the stream position) when present,
 and ``transforms_rng`` (the MONAI random transforms' own states). ``model.pt`` is the student's flat ``state_dict``.
 """
@@ -67,6 +68,8 @@ class TrainingState:
         self.unlabeled_loader = unlabeled_loader
         self.model_file = Path(model_file) if model_file else None
         self.best_metric, self.best_iteration = -math.inf, -1
+        #: which network ``model.pt`` and ``checkpoint_best.pt`` deploy: "student" or "teacher"
+        self.deployed = "student"
         #: the trainer, set by the handlers that attach to it
         self.trainer: Engine | None = None
 
@@ -89,6 +92,7 @@ class TrainingState:
             "epoch": trainer.state.epoch if trainer else 0,
             "best_metric": self.best_metric,
             "best_iteration": self.best_iteration,
+            "deployed": self.deployed,
             "rng": rng_state(),
         }
         if self.teacher is not None:
@@ -127,6 +131,7 @@ class TrainingState:
             self.unlabeled_loader.load_state_dict(state["unlabeled_loader"])
         self.best_metric = float(state.get("best_metric", -math.inf))
         self.best_iteration = int(state.get("best_iteration", -1))
+        self.deployed = str(state.get("deployed", "student"))
         if "transforms_rng" in state:
             targets = self._transform_states()
             if len(targets) == len(state["transforms_rng"]):
@@ -152,11 +157,14 @@ class TrainingState:
             return None
         return save_atomic(self.state_dict(), path or self.last_path)
 
-    def export_model(self) -> None:
-        """Write the flat student state_dict (plain tensors) to ``model_file``; rank 0 only."""
+    def export_model(self, which: str = "student") -> None:
+        """Write the flat state_dict (plain tensors) of the student (or, ``which="teacher"``, of the EMA teacher) to
+        ``model_file``; rank 0 only."""
         if self.model_file is None or not is_rank0():
             return
-        sd = unwrap_model(self.network).state_dict()
+        if which not in ("student", "teacher"):
+            raise ValueError(f"which must be 'student' or 'teacher', got {which!r}.")
+        sd = unwrap_model(self.network).state_dict() if which == "student" else self.teacher.state_dict()
         save_atomic({k: v.detach().cpu().clone() for k, v in sd.items()}, self.model_file)
 
     def remove_stale_temporaries(self) -> None:

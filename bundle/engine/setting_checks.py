@@ -116,6 +116,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "modality": _choice("ct", "mr", "flair", "none"),
     "sw_mode": _choice("constant", "gaussian"),
     "semi_warmup": _choice("none", "rampup", "confidence"),
+    "deploy_model": _choice("student", "best_of_both"),
     "amp_dtype": _choice("bfloat16", "float16"),
     "sw_overlap": _number(0, 1, hi_open=True),
     "cache_rate": _number(0, 1),

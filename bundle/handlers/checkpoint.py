@@ -81,8 +81,9 @@ class BestCheckpointSaver:
         self.state.best_metric = float(value)
         trainer = self.state.trainer
         self.state.best_iteration = trainer.state.iteration if trainer else -1
+        self.state.deployed = "student"
         self.state.save(self.state.best_path)
-        self.state.export_model()
+        self.state.export_model("student")
 
 
 class ModelExporter:

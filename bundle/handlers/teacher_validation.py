@@ -44,6 +44,11 @@ class TeacherValidation:
         enabled: ``False`` makes the handler do nothing. Defaults to True.
         metric_name: the evaluator's key metric. Defaults to ``"val_mean_dice"``.
         log_file: JSON-lines log in ``output_dir``. Defaults to ``"log.jsonl"`` (the run log).
+        state: the run's :class:`bundle.engine.checkpoint.TrainingState`; needed with ``deploy``.
+        deploy: deploy the better of student and teacher (``deploy_model: "best_of_both"``): when the teacher's
+            metric beats the best so far of either, ``checkpoint_best.pt`` (recording ``deployed: "teacher"``) and
+            ``model.pt`` (the teacher's weights) are written; the student's best-model saver does the same the other
+            way round. Defaults to False (``model.pt`` is always the student).
     """
 
     def __init__(
@@ -55,7 +60,14 @@ class TeacherValidation:
         enabled: bool = True,
         metric_name: str = "val_mean_dice",
         log_file: str = "log.jsonl",
+        state: Any = None,
+        deploy: bool = False,
     ) -> None:
+        if deploy and not enabled:
+            raise ValueError("deploy_model 'best_of_both' needs the teacher validated: set validate_teacher True.")
+        if deploy and state is None:
+            raise ValueError("deploying the teacher needs the run's TrainingState (state).")
+        self.state, self.deploy = state, bool(deploy)
         self.validator, self.teacher_evaluator, self.teacher = validator, teacher_evaluator, teacher
         self.output_dir = Path(output_dir)
         self.enabled = bool(enabled)
@@ -100,6 +112,10 @@ class TeacherValidation:
             return
         value = float(value)
         it = self.trainer.state.iteration if self.trainer is not None else -1
+        if self.deploy and math.isfinite(value) and value > self.state.best_metric:
+            self.state.best_metric, self.state.best_iteration, self.state.deployed = value, it, "teacher"
+            self.state.save(self.state.best_path)
+            self.state.export_model("teacher")  # (saving: rank 0 only)
         if not is_rank0():
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,45 @@
+"""The EMA teacher validated beside the student (``validate_teacher``), and the better of the two deployed
+(``deploy_model: best_of_both``, a PLGDF+ candidate): ``model.pt`` and ``checkpoint_best.pt`` follow the best
+validation Dice of either network and record which."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bundle.data.demo import generate_demo_dataset
+from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, read_log, run_bundle, run_dirs
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    generate_demo_dataset(root, n_labelled=2, n_unlabelled=2, n_val=1, n_test=1, shape=(40, 40, 12))
+    return root
+
+
+@pytest.mark.slow
+def test_best_of_student_and_teacher_is_deployed(tiny, tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY_TRAIN, *run_dirs(tiny, out), "--num_iterations", "12", "--val_interval", "2", "--lr", "0.05"]
+    run_bundle(TRAIN_CONFIG, *args, "--validate_teacher", "True", "--deploy_model", "best_of_both")
+    log = read_log(out / "log.jsonl")
+    student = {r["iteration"]: r["val_dice"] for r in log if "val_dice" in r}
+    teacher = {r["iteration"]: r["val_dice_teacher"] for r in log if "val_dice_teacher" in r}
+    assert sorted(student) == sorted(teacher) == [2, 4, 6, 8, 10, 12]
+    best = torch.load(out / "checkpoint_best.pt", weights_only=True)
+    best_student, best_teacher = max(student.values()), max(teacher.values())
+    assert best["best_metric"] == pytest.approx(max(best_student, best_teacher))
+    assert best["deployed"] == ("teacher" if best_teacher > best_student else "student")
+    model = torch.load(out / "models" / "model.pt", weights_only=True)
+    source = best["teacher"] if best["deployed"] == "teacher" else best["network"]
+    assert all(torch.equal(model[k], source[k]) for k in model)
+
+
+@pytest.mark.slow
+def test_deploying_the_teacher_needs_its_validation(tiny, tmp_path):
+    proc = run_bundle(
+        TRAIN_CONFIG, *TINY_TRAIN, *run_dirs(tiny, tmp_path / "r"), "--num_iterations", "2",
+        "--deploy_model", "best_of_both", check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "needs the teacher validated: set validate_teacher True" in proc.stderr
