@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bundle.data.demo import generate_demo_dataset
-from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, read_log, run_bundle
+from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, read_log, run_bundle, run_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -58,3 +58,19 @@ def test_train_stop_resume(tiny_demo, tmp_path):
         if "loss" in r:
             for key in ("loss_sup", "loss_semi", "loss_consis", "loss_sharp", "lambda", "lr", "pseudo_fg"):
                 assert key in r
+
+
+@pytest.mark.slow
+def test_fewer_labelled_cases_than_the_batch_shrink_the_batch(tmp_path):
+    """MONAI Label's first round after one final label: the shipped labeled_batch_size 2 with one labelled case."""
+    data = tmp_path / "data"
+    generate_demo_dataset(data, n_labelled=1, n_unlabelled=2, n_val=1, n_test=1, shape=(40, 40, 12))
+    out = tmp_path / "run"
+    i = TINY.index("--labeled_batch_size")
+    tiny = [*TINY[:i], *TINY[i + 2 :]]
+    proc = run_bundle(
+        TRAIN_CONFIG, *tiny, *run_dirs(data, out), "--labeled_batch_size", "2", "--num_iterations", "2",
+        "--val_interval", "2",
+    )  # fmt: skip
+    assert "only 1 labelled case(s) for labeled_batch_size 2: training with batches of 1" in proc.stdout + proc.stderr
+    assert [r["iteration"] for r in read_log(out / "log.jsonl") if "loss" in r] == [1, 2]

@@ -281,6 +281,31 @@ def _as_datalist(datalist: Any) -> tuple[dict[str, list], str | None]:
         raise DataValidationError(str(e), [(path, str(e))]) from None
 
 
+def fit_batch_size(batch_size: int, cases: Sequence[Any], what: str = "labelled") -> int:
+    """The labelled batch for ``cases``: ``batch_size``, or fewer when fewer cases exist (with a warning), so that
+    a first MONAI Label round with one final label trains. Zero cases is left to :func:`check_training_inputs`."""
+    n = len(cases or [])
+    if 0 < n < batch_size:
+        logger.warning(
+            f"only {n} {what} case(s) for labeled_batch_size {batch_size}: training with batches of {n} "
+            f"(add {what} cases to use the configured batch)"
+        )
+        return n
+    return int(batch_size)
+
+
+def _describe_source(cases: Sequence[Mapping], source: str | None) -> str:
+    """Where the labelled cases come from: the data list file, or the folder of the cases a caller passed (e.g.
+    MONAI Label's datastore, which sets ``train#dataset#data`` itself)."""
+    files = [f for e in cases for f in entry_files(e.get("image"))]
+    if files:
+        folder = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+        return f" (cases in {folder})"
+    if source and os.path.isfile(source):
+        return f" in {source}"
+    return " (no data list file: the labelled cases are the caller's, e.g. MONAI Label's datastore of final labels)"
+
+
 def check_training_inputs(
     datalist: str | os.PathLike | Mapping[str, Sequence[Mapping]],
     num_classes: int,
@@ -347,7 +372,8 @@ def check_training_inputs(
     listed = [f for e in training for f in entry_files(e.get("image"))]
     if not training:
         raise DataValidationError(
-            f"the labelled training set ('training'{where}) is empty: nothing to train on",
+            f"the labelled training set is empty{_describe_source(training, source)}: nothing to train on; "
+            "add labelled cases (in MONAI Label: submit at least one final label)",
             [(source or "training", "empty labelled set")],
         )
     if len(training) < labeled_batch_size:
