@@ -275,7 +275,7 @@ def test_tampered_checkpoint_is_refused(tmp_path: Path, payload: str) -> None:
     path = tmp_path / "checkpoint_last.pt"
     evil = Payload(marker) if payload == "code" else CustomObject()
     torch.save({"network": {"w": torch.zeros(2)}, "iteration": 4, "extra": evil}, path)
-    with pytest.raises(CheckpointError, match=r"refusing to load .*checkpoint_last\.pt.*only plain-tensor"):
+    with pytest.raises(CheckpointError, match=r"refused to load .*checkpoint_last\.pt for safety"):
         safe_load(path)
     assert not marker.exists()  # the payload never ran
 
@@ -285,7 +285,7 @@ def test_resume_from_a_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
     torch.save({"network": {}, "extra": Payload(marker)}, tmp_path / "checkpoint_last.pt")
     engine = Engine(lambda engine, batch: None)
     ResumeTraining(TrainingState(str(tmp_path), torch.nn.Linear(2, 2)), resume=True).attach(engine)
-    with pytest.raises(CheckpointError, match="refusing to load"):
+    with pytest.raises(CheckpointError, match="refused to load .* for safety"):
         engine.run([0], max_epochs=1)
     assert not marker.exists()
 
@@ -295,7 +295,7 @@ def test_truncated_and_missing_checkpoints_give_clear_errors(tmp_path: Path) -> 
     save_atomic({"w": torch.arange(100000.0)}, path)
     assert torch.equal(safe_load(path)["w"], torch.arange(100000.0))
     path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*model\.pt: corrupt or truncated"):
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*model\.pt: truncated, corrupt"):
         safe_load(path)
     with pytest.raises(CheckpointError, match="checkpoint not found: .*missing.pt"):
         safe_load(tmp_path / "missing.pt")
