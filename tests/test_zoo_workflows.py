@@ -81,3 +81,23 @@ def test_train_evaluate_infer_as_the_zoo_runs_them(tmp_path, monkeypatch):
     infer.pop("eval_figures")
     check_workflow(_workflow("infer", ["inference.json"], **infer), check_properties=True)
     assert len(list((tmp_path / "infer").glob("*_seg.nii.gz"))) == 1
+
+
+@pytest.mark.slow
+def test_inference_without_weights_as_the_zoo_tests_it(tmp_path, monkeypatch):
+    """The Zoo's inference case disables the checkpoint loader (``handlers#0#_disabled_``) and has no model.pt."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = tmp_path / "data"
+    generate_demo_dataset(data, n_labelled=1, n_unlabelled=0, n_val=0, n_test=2, shape=(40, 40, 12))
+    override = {
+        "bundle_root": str(REPO_ROOT),
+        "dataset_dir": str(data),
+        "output_dir": str(tmp_path / "infer"),
+        "ckpt_path": str(tmp_path / "no_model.pt"),
+        "handlers#0#_disabled_": True,  # do not load weights (the Zoo's own override)
+        "device": "$torch.device('cpu')",
+        "n_filters": 2,
+        "patch_size": [16, 16, 16],
+    }
+    check_workflow(_workflow("infer", ["inference.json"], **override), check_properties=True)
+    assert len(list((tmp_path / "infer").glob("*_seg.nii.gz"))) == 2
