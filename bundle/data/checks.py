@@ -18,7 +18,6 @@ data list then names the same file as image and label).
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import logging
 import math
 import os
@@ -30,6 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from bundle.data.content_checks import (
+    content_digest,
+    content_leaks,
+    entry_files,
+    identity,
+    modality_note,
+    repeated_cases,
+)
 from bundle.data.readers import VolumeInfo, VolumeProblemError, read_volume
 from bundle.engine.errors import DataValidationError, install_error_hook
 
@@ -40,15 +47,6 @@ logger = logging.getLogger("plgdf")
 #: image/label affines may differ by ``atol + rtol * |value|`` per entry (mm and direction cosines).
 AFFINE_RTOL, AFFINE_ATOL = 1e-3, 1e-4
 MAX_LISTED_PROBLEMS = 20
-
-
-def _content_digest(data: np.ndarray) -> str:
-    """A fingerprint of an image's voxel values that does not depend on the file format, data type, axis order
-    or flips: the sorted shape and the first three moments of the values (float64, 12 significant digits)."""
-    v = np.asarray(data, dtype=np.float64).ravel()
-    parts = [sorted(int(n) for n in np.squeeze(data).shape), v.size, float(v.min()), float(v.max())]
-    parts += [float(f"{np.sum(v**k):.12g}") for k in (1, 2, 3)]
-    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
 
 def _statistics(info: VolumeInfo, data: np.ndarray, num_classes: int | None, label: bool) -> None:
@@ -64,7 +62,7 @@ def _statistics(info: VolumeInfo, data: np.ndarray, num_classes: int | None, lab
     if info.distinct < 3:  # a sample can miss rare values: count exactly
         info.distinct = min(3, len(np.unique(data)))
     if not label:
-        info.digest = _content_digest(data)
+        info.digest = content_digest(data)
         return
     if data.dtype.kind == "f" and not np.array_equal(data, np.rint(data)):
         examples = np.unique(data[data != np.rint(data)])[:5].tolist()
@@ -127,21 +125,6 @@ class ValidationReport:
     volumes: dict[str, VolumeInfo] = field(default_factory=dict)
 
 
-def entry_files(value: Any) -> list[str]:
-    """The file path(s) of a data-list ``image``/``label`` value (a path or a list of channel paths)."""
-    if value is None:
-        return []
-    return [os.fspath(v) for v in value] if isinstance(value, (list, tuple)) else [os.fspath(value)]
-
-
-def _identity(path: str) -> tuple:
-    try:
-        st = os.stat(path)
-        return ("inode", st.st_dev, st.st_ino)
-    except OSError:
-        return ("path", os.path.realpath(path))
-
-
 def find_leaks(datalist: Mapping[str, Sequence[Mapping]]) -> list[tuple[str, str, str]]:
     """Cases used for training (``training`` or ``unlabeled``) that are also in ``validation`` or ``test``.
 
@@ -152,32 +135,15 @@ def find_leaks(datalist: Mapping[str, Sequence[Mapping]]) -> list[tuple[str, str
     for section in ("validation", "test"):
         for entry in datalist.get(section) or []:
             for f in entry_files(entry.get("image")):
-                where.setdefault(_identity(f), (f, section))
+                where.setdefault(identity(f), (f, section))
     leaks = []
     for section in ("training", "unlabeled"):
         for entry in datalist.get(section) or []:
             for f in entry_files(entry.get("image")):
-                hit = where.get(_identity(f))
+                hit = where.get(identity(f))
                 if hit is not None:
                     leaks.append((f, section, hit[1]))
     return leaks
-
-
-def modality_note(info: VolumeInfo, modality: str | None) -> str | None:
-    """A warning when an image's values do not look like the declared ``modality`` (``None``: they do)."""
-    if modality is None or info.minimum is None or info.maximum is None:
-        return None
-    lo, hi, rng = info.minimum, info.maximum, f"values {info.minimum:g} to {info.maximum:g}"
-    if info.distinct is not None and info.distinct <= 2:
-        kind = "constant" if info.distinct == 1 else "binary (two values)"
-        return f"{info.path}: image is {kind} ({rng}): a mask or an empty volume given as an image?"
-    if modality == "ct":
-        if 0.0 <= lo and hi <= 1.0:
-            return f"{info.path}: {rng} look already normalised, not Hounsfield units: set modality to 'none'"
-        if lo < -3000 or hi > 40000 or lo >= 0:
-            why = "nothing below 0 (CT in HU has air at about -1000)" if lo >= 0 else "outside the HU range"
-            return f"{info.path}: {rng}, {why}: not a CT in Hounsfield units? Set modality to 'mr' (z-score) or 'none'"
-    return None
 
 
 def _padding_note(info: VolumeInfo, patch_size: Sequence[int], spacing: Sequence[float] | None) -> str | None:
@@ -425,8 +391,8 @@ def check_training_inputs(
         problems.append((source or "training", f"all {n_labels} training labels are empty (only 0): nothing to learn"))
     elif empty_labels:
         report.notes += [f"{f}: training label is empty (only background)" for f in empty_labels]
-    problems += _content_leaks(jobs, results, test_files, test_digests, where)
-    report.notes += _repeated_cases(jobs, results)
+    problems += content_leaks(jobs, results, test_files, test_digests, where)
+    report.notes += repeated_cases(jobs, results)
     if problems:
         raise DataValidationError(_problem_message(problems, where), problems)
     for note in report.notes[:MAX_LISTED_PROBLEMS]:
@@ -438,47 +404,6 @@ def check_training_inputs(
         f"validation) in {time.perf_counter() - t0:.1f} s: no problems"
     )
     return report
-
-
-def _content_leaks(jobs, results, test_files, test_digests, where: str) -> list[tuple[str, str]]:
-    """Training or unlabelled images with the same voxel values as a validation or test image (another file)."""
-    held_out: dict[str, tuple[str, str]] = {}
-    for (_, section, _), (_, images, _) in zip(jobs, results):
-        if section == "validation":
-            for info in images:
-                if info.digest:
-                    held_out.setdefault(info.digest, (info.path, section))
-    for path, d in zip(test_files, test_digests):
-        if d:
-            held_out.setdefault(d, (path, "test"))
-    leaks = []
-    for (_, section, _), (_, images, _) in zip(jobs, results):
-        if section in ("training", "unlabeled"):
-            for info in images:
-                hit = held_out.get(info.digest) if info.digest else None
-                if hit and _identity(hit[0]) != _identity(info.path):
-                    leaks.append(
-                        (info.path, f"has the same image content as the '{hit[1]}' case {hit[0]} (data leak){where}")
-                    )
-    return leaks
-
-
-def _repeated_cases(jobs, results) -> list[str]:
-    """Notes for an image used twice for training (the same file, or the same voxel values)."""
-    seen: dict[tuple, str] = {}
-    notes = []
-    for (_, section, _), (_, images, _) in zip(jobs, results):
-        if section not in ("training", "unlabeled"):
-            continue
-        for info in images:
-            keys = [_identity(info.path)] + ([("digest", info.digest)] if info.digest else [])
-            first = next((seen[k] for k in keys if k in seen), None)
-            if first is not None:
-                same = "the same file as" if _identity(first) == _identity(info.path) else "identical in content to"
-                notes.append(f"{info.path} ({section}) is {same} {first}: the case is used twice for training")
-            for k in keys:
-                seen.setdefault(k, info.path)
-    return notes
 
 
 def _problem_message(problems: Sequence[tuple[str, str]], where: str) -> str:
