@@ -113,6 +113,19 @@ class PLGDFVNet(nn.Module):
         p4 = F.interpolate(self.head4(x6), scale_factor=8.0, mode="nearest")
         return [p1, p2, p3, p4]
 
+    @torch.jit.unused
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` that first names the differing settings of a checkpoint of another width,
+        class count or channel count (``bundle.engine.files.check_state_dict``), whoever loads it: the bundle's
+        loaders, MONAI's ``CheckpointLoader``, MONAI Label."""
+        own = self.state_dict()
+        shapes_differ = any(k in own and tuple(v.shape) != tuple(own[k].shape) for k, v in state_dict.items())
+        if shapes_differ or (strict and set(state_dict) != set(own)):
+            from bundle.engine.files import check_state_dict
+
+            check_state_dict(state_dict, self, "the checkpoint")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
 
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters of ``module``."""

@@ -49,3 +49,15 @@ def test_inference_with_a_wider_checkpoint_is_one_clear_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("CheckpointError:") and "n_filters = 2 here, 4 in the checkpoint" in last
     assert model.read_bytes() == before and not (tmp_path / "o").exists()
+
+
+def test_any_loader_gets_the_named_setting(tmp_path):
+    """MONAI Label loads model.pt with its own torch.load + network.load_state_dict(strict=False): the network itself
+    names the differing setting."""
+    save_atomic(PLGDFVNet(1, 2, n_filters=8).state_dict(), tmp_path / "model.pt")
+    state = torch.load(tmp_path / "model.pt", map_location="cpu")
+    with pytest.raises(CheckpointError, match="n_filters = 4 here, 8 in the checkpoint"):
+        PLGDFVNet(1, 2, n_filters=4).load_state_dict(state, strict=False)
+    net = PLGDFVNet(1, 2, n_filters=8)
+    net.load_state_dict(state)  # a fitting checkpoint loads as before
+    assert all(torch.equal(net.state_dict()[k], state[k]) for k in state)
