@@ -86,3 +86,24 @@ def test_the_same_case_twice_and_content_leaks(tmp_path, caplog):
         check_training_inputs({"training": [a, b], "test": test}, num_classes=2, num_threads=2)
     unl = [{"image": _nii(tmp_path / "u.nii.gz", np.asarray(nib.load(b["image"]).dataobj))}]
     assert "identical in content to" in _check({"training": [a, b], "unlabeled": unl}, caplog)
+
+
+@pytest.mark.slow
+def test_all_empty_labels_stop_training_in_a_few_lines_and_change_nothing(tmp_path):
+    from bundle.data.demo import generate_demo_dataset
+    from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, run_bundle, run_dirs
+
+    data = tmp_path / "data"
+    generate_demo_dataset(data, n_labelled=2, n_unlabelled=1, n_val=1, n_test=0, shape=(40, 40, 12))
+    for label in (data / "labelsTr").iterdir():
+        img = nib.load(str(label))
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(label))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint_last.pt").write_bytes(b"an earlier run")
+    before = {p.name: p.read_bytes() for p in [*out.iterdir(), *(data / "labelsTr").iterdir()]}
+    proc = run_bundle(TRAIN_CONFIG, *TINY_TRAIN, *run_dirs(data, out), "--num_iterations", "2", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "all 2 training labels are empty" in proc.stderr.strip().splitlines()[-1]
+    after = {p.name: p.read_bytes() for p in [*out.iterdir(), *(data / "labelsTr").iterdir()]}
+    assert after == before
