@@ -150,3 +150,34 @@ def test_broadcast_buffers_is_a_no_op_without_group():
     assert torch.equal(model.running_mean, torch.full((2,), 3.0))
     with pytest.raises(ValueError, match="event"):
         BroadcastBuffers(model, event="NOT_AN_EVENT")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not installed",
+)
+def test_torchrun_two_ranks_train_then_evaluate_cpu(tmp_path):
+    """The Zoo's ``_dist`` unit test of a bundle: multi-GPU training, then multi-GPU evaluation
+    (``train.json`` + ``evaluate.json`` + ``multi_gpu_evaluate.json``), under ``torchrun --nproc_per_node=2`` (gloo)."""
+    demo = tmp_path / "demo"
+    generate_demo_dataset(demo, n_labelled=2, n_unlabelled=2, n_val=3, n_test=0, shape=(40, 40, 12))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    base = [str(torchrun if torchrun.exists() else shutil.which("torchrun")), "--standalone", "--nproc_per_node=2"]
+    base += ["-m", "monai.bundle", "run"]
+    common = [*TINY, "--dataset_dir", str(demo), "--output_dir", str(tmp_path / "run"), "--ckpt_dir"]
+    common += [str(tmp_path / "models"), "--num_iterations", "2"]
+    common += ["--val_interval", "2"]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    for files in ("'configs/train.json','configs/multi_gpu_train.json'",
+                  "'configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json'"):  # fmt: skip
+        if "evaluate" in files:
+            before = (tmp_path / "models" / "model.pt").read_bytes()
+        extra = ["--eval_dir", str(tmp_path / "eval")] if "evaluate" in files else []
+        cmd = [*base, "--config_file", f"[{files}]", *common, *extra]
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert (tmp_path / "models" / "model.pt").read_bytes() == before  # evaluation never trains or saves a model
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["n_cases"] == 3 and summary["info"]["ranks"] == 2
+    assert sorted(p.name for p in (tmp_path / "eval").glob("rank*")) == ["rank0", "rank1"]
