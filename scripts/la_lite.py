@@ -38,6 +38,7 @@ into --report-dir (default <run-root>/report). Extra arguments after -- go to ev
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "step", choices=["prepare", "train", "evaluate", "report", "windows", "all", "run", "campaign", "summary"]
+        "step",
+        choices=["prepare", "train", "evaluate", "report", "windows", "all", "run", "campaign", "summary", "bn-screen"],
     )
     parser.add_argument("--la-dir", default="../shared/data/LA", help="LA folder (default ../shared/data/LA)")
     parser.add_argument("--run-root", default="runs/la_lite", help="outputs (default runs/la_lite)")
@@ -100,6 +102,16 @@ def main(argv: list[str] | None = None) -> int:
                 plan, run_root, args.la_dir, args.results_dir, extra, args.split, args.commit_repo
             )
             print(f"[campaign] finished {len(done)} run(s): {', '.join(done) or 'none (all had figures)'}")
+            return 0
+        if args.step == "bn-screen":
+            from benchmarks.bn_screen import screen_bn
+
+            run_root = args.run_root if args.run_root != "runs/la_lite" else "runs/la_lite_campaign"
+            for spec in args.plan or []:
+                result = screen_bn(
+                    campaign.Run.parse(spec), run_root, args.la_dir, overrides=la_lite.parse_overrides(extra)
+                )
+                print(f"[bn-screen] {spec}: {json.dumps(result)}", flush=True)
             return 0
         if args.step == "summary":
             out = campaign.summarize(args.results_dir)

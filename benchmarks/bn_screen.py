@@ -1,0 +1,92 @@
+"""PLGDF+ candidate 2 screened on a finished campaign run, no training: re-estimate the deployed student's BatchNorm
+statistics on clean patches of the run's own training images (labelled and unlabelled; random crops, no flips, no
+noise, no mixing) and score it on the validation cases at both protocols, beside the unchanged model.
+
+    python -m scripts.la_lite bn-screen --plan plgdf-4:0 [--run-root runs/la_lite_campaign]
+
+Writes ``<run dir>/eval_models/student_best_bn.pt`` and ``<run dir>/eval/<protocol>_best_student_bn/``; returns and
+prints the validation Dice of both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks import campaign, la_lite
+from bundle.engine.files import safe_load, save_atomic
+
+__all__ = ["clean_patches", "screen_bn"]
+
+
+def clean_patches(datalist: str | os.PathLike, n_batches: int, batch_size: int, seed: int, overrides: dict):
+    """``n_batches`` batches of random training crops (the run's preprocessing and patch, no other augmentation)."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from bundle.data.datalist import load_datalist
+
+    parser = ConfigParser()
+    parser.read_config([str(la_lite.ROOT / "configs" / "train.json"), str(la_lite.ROOT / la_lite.PRESET)])
+    for key, value in overrides.items():
+        parser[key] = value
+    data = load_datalist(datalist)  # paths relative to the list's folder, resolved
+    cases = [{"image": e["image"]} for e in data["training"] + data.get("unlabeled", [])]
+    prep = Compose(parser.get_parsed_content("preprocessing"))
+    crop = parser.get_parsed_content("augmentation#0")  # RandSpatialCropd of the patch size
+    crop.set_random_state(seed=seed)
+    volumes = [prep(dict(c)) for c in cases]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_batches):
+        picks = rng.integers(0, len(volumes), size=batch_size)
+        yield torch.stack([torch.as_tensor(crop(dict(volumes[i]))["image"]) for i in picks]).float()
+
+
+def screen_bn(
+    run: campaign.Run,
+    run_root: str | os.PathLike,
+    la_dir: str | os.PathLike,
+    n_batches: int = 64,
+    batch_size: int = 4,
+    seed: int = 0,
+    overrides: dict | None = None,
+) -> dict[str, Any]:
+    """Re-estimate and score; ``{protocol: {"unchanged": dice, "bn": dice}}`` (mean over cases, 0-1)."""
+    from bundle.evaluation.evaluate import evaluate_checkpoint
+    from bundle.method.bn_recalibration import reestimate_batchnorm
+    from bundle.method.networks import PLGDFVNet
+
+    overrides = dict(overrides or {})
+    d = run.dir(run_root)
+    files = campaign.model_files(run, run_root)
+    state = safe_load(files[("best", "student")])
+    net = PLGDFVNet(1, 2, n_filters=int(overrides.get("n_filters", 8)))
+    net.load_state_dict(state)
+    datalist = Path(run_root) / "data" / f"datalist_{run.labels}.json"
+    used = reestimate_batchnorm(net, clean_patches(datalist, n_batches, batch_size, seed, overrides))
+    bn_file = save_atomic(
+        {k: v.detach().clone() for k, v in net.state_dict().items()}, d / "eval_models" / "student_best_bn.pt"
+    )
+    out: dict[str, Any] = {"batches": used, "batch_size": batch_size}
+    for protocol, proto_name in campaign.PROTOCOLS.items():
+        folder = d / "eval" / f"{protocol}_best_student_bn"
+        summary = evaluate_checkpoint(
+            bn_file,
+            folder,
+            la_dir=la_dir,
+            la_list=Path(run_root) / "data" / "validation.list",
+            resample_factor=la_lite.RESAMPLE_FACTOR,
+            configs=[str(la_lite.ROOT / la_lite.PRESET)],
+            figures=False,
+            protocol=proto_name,
+            stride=campaign.PAPER_STRIDE if protocol == "paper" else None,
+            overrides=overrides,
+        )
+        unchanged = json.loads((d / "eval" / f"{protocol}_best_student" / "summary.json").read_text(encoding="utf-8"))
+        out[protocol] = {"unchanged": unchanged["metrics"]["dice"]["mean"], "bn": summary["metrics"]["dice"]["mean"]}
+    return out
