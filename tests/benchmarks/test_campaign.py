@@ -122,6 +122,15 @@ def test_tiny_campaign_end_to_end(fake_la, tmp_path, monkeypatch):  # noqa: F811
     assert campaign.run_campaign(plan, run_root, la_dir, results, tiny, split) == ["supervised-3:0"]
     assert ckpt.stat().st_mtime_ns == mtime
 
+    # PLGDF+ candidate 2 screened on the finished run: BatchNorm re-estimated, scored at both protocols
+    from benchmarks.bn_screen import screen_bn
+
+    net = {"n_filters": 2, "patch_size": [16, 16, 16]}
+    screen = screen_bn(campaign.Run.parse("plgdf-2:0"), run_root, la_dir, n_batches=2, batch_size=2, overrides=net)
+    assert set(screen) == {"batches", "batch_size", "default", "paper"} and screen["batches"] == 2
+    assert all(0.0 <= screen[p][k] <= 1.0 for p in ("default", "paper") for k in ("unchanged", "bn"))
+    assert (run_dir / "eval_models" / "student_best_bn.pt").is_file()
+
 
 def test_interrupted_run_resumes(fake_la, tmp_path, monkeypatch):  # noqa: F811
     """A run whose training died (non-zero exit) is recorded as unfinished and resumed from checkpoint_last.pt."""
