@@ -51,6 +51,11 @@ METHODS: dict[str, tuple[str, ...]] = {
     "supervised": ("configs/presets/supervised.json",),
     "plgdf": (),
     "mean_teacher": ("configs/presets/mean_teacher.json",),
+    # PLGDF+ screen (issue #18): one candidate switch each on top of plgdf
+    "plgdf_semi_clean": ("configs/presets/semi_on_clean.json",),
+    "plgdf_semi_warmup": ("configs/presets/semi_warmup.json",),
+    "plgdf_teacher_eval": ("configs/presets/teacher_eval.json",),
+    "plgdf_authors_aug": ("configs/presets/authors_augmentation.json",),
 }
 BUDGETS = (4, 8, 16, 72)
 SEEDS = (0, 1, 2)

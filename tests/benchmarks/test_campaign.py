@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN
+from conftest import REPO_ROOT, TINY_TRAIN
 from test_la_lite import fake_la  # noqa: F401  (fixture)
 
 from benchmarks import campaign, campaign_report
@@ -24,6 +24,14 @@ def test_run_specs():
     plan = [campaign.Run.parse(s) for s in campaign.DEFAULT_PLAN]
     assert len(plan) == 15 and len(set(plan)) == 15
     assert [r.labels for r in plan] == [4] * 6 + [72] * 3 + [8] * 6  # the order
+
+
+def test_plgdf_plus_screen_arms_add_one_preset_each(tmp_path):
+    for arm, preset in (("plgdf_semi_clean", "semi_on_clean"), ("plgdf_authors_aug", "authors_augmentation")):
+        cmd = campaign.train_command(campaign.Run.parse(f"{arm}-4:0"), tmp_path)
+        files = cmd[cmd.index("--config_file") + 1]
+        assert files == f"['configs/train.json','configs/presets/la_lite.json','configs/presets/{preset}.json']"
+        assert (REPO_ROOT / "configs" / "presets" / f"{preset}.json").is_file()
 
 
 def test_train_command_sets_seed_budget_and_folder(tmp_path):
