@@ -21,7 +21,9 @@ import torch
 from benchmarks import campaign, la_lite
 from bundle.engine.files import safe_load, save_atomic
 
-__all__ = ["clean_patches", "screen_bn"]
+__all__ = ["clean_patches", "screen_bn", "record_screen"]
+
+SCREEN_FILE = "la_lite_plgdf_plus_screen.json"
 
 
 def clean_patches(datalist: str | os.PathLike, n_batches: int, batch_size: int, seed: int, overrides: dict):
@@ -57,7 +59,6 @@ def screen_bn(
     overrides: dict | None = None,
 ) -> dict[str, Any]:
     """Re-estimate and score; ``{protocol: {"unchanged": dice, "bn": dice}}`` (mean over cases, 0-1)."""
-    from bundle.evaluation.evaluate import evaluate_checkpoint
     from bundle.method.bn_recalibration import reestimate_batchnorm
     from bundle.method.networks import PLGDFVNet
 
@@ -68,25 +69,27 @@ def screen_bn(
     net = PLGDFVNet(1, 2, n_filters=int(overrides.get("n_filters", 8)))
     net.load_state_dict(state)
     datalist = Path(run_root) / "data" / f"datalist_{run.labels}.json"
+    torch.manual_seed(seed)  # the dropout draws during re-estimation
     used = reestimate_batchnorm(net, clean_patches(datalist, n_batches, batch_size, seed, overrides))
     bn_file = save_atomic(
         {k: v.detach().clone() for k, v in net.state_dict().items()}, d / "eval_models" / "student_best_bn.pt"
     )
     out: dict[str, Any] = {"batches": used, "batch_size": batch_size}
-    for protocol, proto_name in campaign.PROTOCOLS.items():
+    for protocol in campaign.PROTOCOLS:
         folder = d / "eval" / f"{protocol}_best_student_bn"
-        summary = evaluate_checkpoint(
-            bn_file,
-            folder,
-            la_dir=la_dir,
-            la_list=Path(run_root) / "data" / "validation.list",
-            resample_factor=la_lite.RESAMPLE_FACTOR,
-            configs=[str(la_lite.ROOT / la_lite.PRESET)],
-            figures=False,
-            protocol=proto_name,
-            stride=campaign.PAPER_STRIDE if protocol == "paper" else None,
-            overrides=overrides,
-        )
+        summary = campaign.evaluate_on_validation(bn_file, folder, run_root, la_dir, protocol, overrides)
         unchanged = json.loads((d / "eval" / f"{protocol}_best_student" / "summary.json").read_text(encoding="utf-8"))
         out[protocol] = {"unchanged": unchanged["metrics"]["dice"]["mean"], "bn": summary["metrics"]["dice"]["mean"]}
     return out
+
+
+def record_screen(results_dir: str | os.PathLike, spec: str, candidate: str, result: dict[str, Any]) -> Path:
+    """Add ``result`` under ``[spec][candidate]`` of ``<results_dir>/la_lite_plgdf_plus_screen.json`` (so that it is
+    committed with the campaign's figures)."""
+    from bundle.engine.files import write_json_atomic
+
+    path = Path(results_dir) / SCREEN_FILE
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data.setdefault(spec, {})[candidate] = result
+    write_json_atomic(path, data, indent=1)
+    return path

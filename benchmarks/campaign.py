@@ -239,12 +239,10 @@ def evaluate(
 ) -> dict[str, Path]:
     """Score the four models at both protocols on the validation cases; ``{variant: folder}`` with variant
     ``<protocol>/<checkpoint>/<model>``. A folder that already has ``summary.json`` is not evaluated again."""
-    from bundle.evaluation.evaluate import evaluate_checkpoint
-
     d = run.dir(run_root)
     files = model_files(run, run_root)
     folders = {}
-    for protocol, proto_name in PROTOCOLS.items():
+    for protocol in PROTOCOLS:
         for (c, m), path in files.items():
             variant = f"{protocol}/{c}/{m}"
             folder = d / "eval" / variant.replace("/", "_")
@@ -252,24 +250,40 @@ def evaluate(
             if (folder / "summary.json").is_file():
                 continue
             start = time.perf_counter()
-            summary = evaluate_checkpoint(
-                path,
-                folder,
-                la_dir=la_dir,
-                la_list=Path(run_root) / "data" / "validation.list",
-                resample_factor=la_lite.RESAMPLE_FACTOR,
-                configs=[str(ROOT / la_lite.PRESET)],
-                figures=False,
-                protocol=proto_name,
-                stride=PAPER_STRIDE if protocol == "paper" else None,
-                overrides=la_lite.parse_overrides(_network_overrides(overrides)),
-            )
+            net = la_lite.parse_overrides(_network_overrides(overrides))
+            summary = evaluate_on_validation(path, folder, run_root, la_dir, protocol, net)
             seconds = time.perf_counter() - start
             _write_json(
                 folder / "timing.json", {"wall_seconds": seconds, "seconds_per_case": seconds / summary["n_cases"]}
             )
             print(f"[campaign] {run.spec} {variant}: Dice {summary['metrics']['dice']['mean']:.4f}", flush=True)
     return folders
+
+
+def evaluate_on_validation(
+    model: str | os.PathLike,
+    folder: str | os.PathLike,
+    run_root: str | os.PathLike,
+    la_dir: str | os.PathLike,
+    protocol: str,
+    overrides: dict | None = None,
+) -> dict[str, Any]:
+    """Score a flat model on the campaign's validation cases at 1.25 mm with ``protocol`` (a key of
+    :data:`PROTOCOLS`: the bundle's default window or the paper's stride); returns the evaluation summary."""
+    from bundle.evaluation.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(
+        model,
+        folder,
+        la_dir=la_dir,
+        la_list=Path(run_root) / "data" / "validation.list",
+        resample_factor=la_lite.RESAMPLE_FACTOR,
+        configs=[str(ROOT / la_lite.PRESET)],
+        figures=False,
+        protocol=PROTOCOLS[protocol],
+        stride=PAPER_STRIDE if protocol == "paper" else None,
+        overrides=dict(overrides or {}),
+    )
 
 
 def _network_overrides(overrides: Sequence[str]) -> list[str]:

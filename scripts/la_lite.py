@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[campaign] finished {len(done)} run(s): {', '.join(done) or 'none (all had figures)'}")
             return 0
         if args.step == "bn-screen":
-            from benchmarks.bn_screen import screen_bn
+            from benchmarks.bn_screen import record_screen, screen_bn
 
             run_root = args.run_root if args.run_root != "runs/la_lite" else "runs/la_lite_campaign"
             for spec in args.plan or []:
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                     campaign.Run.parse(spec), run_root, args.la_dir, overrides=la_lite.parse_overrides(extra)
                 )
                 print(f"[bn-screen] {spec}: {json.dumps(result)}", flush=True)
+                print(f"[bn-screen] recorded in {record_screen(args.results_dir, spec, 'bn_reestimation', result)}")
             return 0
         if args.step == "summary":
             out = campaign.summarize(args.results_dir)

@@ -38,6 +38,18 @@ def _workflow(workflow_type: str, files: list[str], **override) -> ConfigWorkflo
     )
 
 
+def _tiny(data: Path) -> dict:
+    """The settings every workflow here shares: this checkout, the test data, a tiny network on the CPU."""
+    return {
+        "bundle_root": str(REPO_ROOT),
+        "dataset_dir": str(data),
+        "device": "$torch.device('cpu')",
+        "n_filters": 2,
+        "patch_size": [16, 16, 16],
+        "spacing": [3.0, 3.0, 3.0],
+    }
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -48,15 +60,10 @@ def test_train_evaluate_infer_as_the_zoo_runs_them(tmp_path, monkeypatch):
     data = tmp_path / "data"
     generate_demo_dataset(data, n_labelled=2, n_unlabelled=2, n_val=1, n_test=1, shape=(40, 40, 12))
     override = {
-        "bundle_root": str(REPO_ROOT),
-        "dataset_dir": str(data),
+        **_tiny(data),
         "output_dir": str(tmp_path / "run"),
         "ckpt_dir": str(tmp_path / "models"),
         "eval_dir": str(tmp_path / "eval"),
-        "device": "$torch.device('cpu')",
-        "n_filters": 2,
-        "patch_size": [16, 16, 16],
-        "spacing": [3.0, 3.0, 3.0],
         "labeled_batch_size": 1,
         "unlabeled_batch_size": 1,
         "num_iterations": 4,
@@ -75,10 +82,7 @@ def test_train_evaluate_infer_as_the_zoo_runs_them(tmp_path, monkeypatch):
     assert 0.0 <= summary["metrics"]["dice"]["mean"] <= 1.0
 
     # inference with the trained model (evaluate.json over inference.json keeps working: tests/inference)
-    infer = {k: v for k, v in override.items() if k not in ("output_dir", "ckpt_dir", "eval_dir", "num_iterations")}
-    infer.update(ckpt_path=str(model), output_dir=str(tmp_path / "infer"))
-    infer = {k: v for k, v in infer.items() if k not in ("labeled_batch_size", "unlabeled_batch_size", "val_interval")}
-    infer.pop("eval_figures")
+    infer = {**_tiny(data), "ckpt_path": str(model), "output_dir": str(tmp_path / "infer")}
     check_workflow(_workflow("infer", ["inference.json"], **infer), check_properties=True)
     assert len(list((tmp_path / "infer").glob("*_seg.nii.gz"))) == 1
 
@@ -90,14 +94,10 @@ def test_inference_without_weights_as_the_zoo_tests_it(tmp_path, monkeypatch):
     data = tmp_path / "data"
     generate_demo_dataset(data, n_labelled=1, n_unlabelled=0, n_val=0, n_test=2, shape=(40, 40, 12))
     override = {
-        "bundle_root": str(REPO_ROOT),
-        "dataset_dir": str(data),
+        **_tiny(data),
         "output_dir": str(tmp_path / "infer"),
         "ckpt_path": str(tmp_path / "no_model.pt"),
         "handlers#0#_disabled_": True,  # do not load weights (the Zoo's own override)
-        "device": "$torch.device('cpu')",
-        "n_filters": 2,
-        "patch_size": [16, 16, 16],
     }
     check_workflow(_workflow("infer", ["inference.json"], **override), check_properties=True)
     assert len(list((tmp_path / "infer").glob("*_seg.nii.gz"))) == 2
