@@ -1,14 +1,17 @@
-"""End-to-end: the real ``python -m monai.bundle run`` training command, stopped and resumed."""
+"""End-to-end: the real training command, stopped and resumed; MONAI Label training rounds."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from bundle.data.demo import generate_demo_dataset
-from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, read_log, run_bundle, run_dirs
+from tests.conftest import REPO_ROOT, TINY_TRAIN, TRAIN_CONFIG, bundle_env, read_log, run_bundle, run_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +77,59 @@ def test_fewer_labelled_cases_than_the_batch_shrink_the_batch(tmp_path):
     )  # fmt: skip
     assert "only 1 labelled case(s) for labeled_batch_size 2: training with batches of 1" in proc.stdout + proc.stderr
     assert [r["iteration"] for r in read_log(out / "log.jsonl") if "loss" in r] == [1, 2]
+
+
+# What MONAI Label 0.8.5's BundleTrainTask does for POST /train (monailabel/tasks/train/bundle.py): read train.json,
+# insert a CheckpointLoader of models/model.pt first in train#handlers when that file exists ("pretrained"), and call
+# monai.bundle.run with its overrides (max_epochs, the labelled pairs, the validation list, the handlers).
+MONAILABEL_TRAIN = """
+import json, os, sys
+import monai.bundle
+from monai.bundle import ConfigParser
+
+config, model_pt, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+parser = ConfigParser()
+parser.read_config(config)
+handlers = parser.get("train#handlers", [])
+if os.path.exists(model_pt):
+    handlers.insert(0, {"_target_": "CheckpointLoader", "load_path": model_pt, "load_dict": {"model": "$@network"},
+                        "strict": False})
+monai.bundle.run(run_id="run", init_id=None, final_id=None, config_file=config, **overrides,
+                 **{"train#handlers": handlers})
+"""
+
+
+def _monailabel_train(data: Path, out: Path, models: Path, epochs: int, **settings) -> list[dict]:
+    """One MONAI Label training round of ``epochs`` engine epochs; returns its iteration records."""
+    datalist = json.loads((data / "datalist.json").read_text())
+    labelled = [{k: str(data / v) for k, v in d.items()} for d in datalist["training"]]
+    overrides = {
+        "dataset_dir": str(data), "output_dir": str(out), "ckpt_dir": str(models), "device": "cpu",
+        "train#trainer#max_epochs": epochs, "train#dataset#data": labelled, "validate#dataset#data": [], **settings,
+    }  # fmt: skip
+    cmd = [sys.executable, "-c", MONAILABEL_TRAIN, str(REPO_ROOT / TRAIN_CONFIG), str(models / "model.pt")]
+    proc = subprocess.run(
+        [*cmd, json.dumps(overrides)], cwd=REPO_ROOT, env=bundle_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    return [r for r in read_log(out / "log.jsonl") if "loss" in r]
+
+
+@pytest.mark.slow
+def test_monailabel_rounds_continue_the_schedule(tiny_demo, tmp_path):
+    """A MONAI Label round from the previous round's model.pt continues lambda(t) and the lr where it stopped: its
+    records equal those of the same iterations of one continuous run; the first round equals that run's start."""
+    settings = {
+        "n_filters": 2, "patch_size": [16, 16, 16], "spacing": [3.0, 3.0, 3.0], "labeled_batch_size": 1,
+        "unlabeled_batch_size": 1, "num_iterations": 8, "val_interval": 2, "lr_power": 0.9, "rampup_length": 8,
+    }  # fmt: skip
+    continuous = _monailabel_train(tiny_demo, tmp_path / "continuous", tmp_path / "m0", 4, **settings)
+    round1 = _monailabel_train(tiny_demo, tmp_path / "round1", tmp_path / "models", 2, **settings)
+    assert json.loads((tmp_path / "models" / "model.json").read_text())["iterations"] == 4
+    round2 = _monailabel_train(tiny_demo, tmp_path / "round2", tmp_path / "models", 2, **settings)
+    assert [r["iteration"] for r in continuous] == list(range(1, 9)) and len(round1) == len(round2) == 4
+    assert [(r["loss"], r["lambda"], r["lr"]) for r in round1] == [
+        (r["loss"], r["lambda"], r["lr"]) for r in continuous[:4]
+    ]
+    assert [(r["lambda"], r["lr"]) for r in round2] == [(r["lambda"], r["lr"]) for r in continuous[4:]]
+    assert json.loads((tmp_path / "models" / "model.json").read_text())["iterations"] == 8

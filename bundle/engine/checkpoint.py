@@ -4,10 +4,12 @@
 resume handler loads it, the savers write it, the best-model saver in ``validate#handlers`` updates its best metric.
 A checkpoint is a dict of plain tensors and numbers (it loads with ``weights_only=True``):
 
-``network`` (student ``state_dict``), ``iteration``, ``epoch``, ``best_metric``, ``best_iteration``, ``deployed``
+``network`` (student ``state_dict``), ``iteration``, ``epoch``, ``schedule_start`` (the iterations the student had
+before this run: :class:`bundle.handlers.schedule.ContinueSchedule`), ``best_metric``, ``best_iteration``, ``deployed``
 (``"student"`` or ``"teacher"``: which network ``model.pt`` holds), ``rng`` (Python,
 NumPy, torch), ``teacher``, ``optimizer``, ``lr_scheduler``, ``unlabeled_loader`` (the stream position) when present,
-and ``transforms_rng`` (the MONAI random transforms' own states). ``model.pt`` is the student's flat ``state_dict``.
+and ``transforms_rng`` (the MONAI random transforms' own states). ``model.pt`` is the student's flat ``state_dict``;
+``model.json`` beside it records its training iterations (:mod:`bundle.engine.model_record`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ignite.engine import Engine
 from bundle.engine.distributed import is_rank0, unwrap_model
 from bundle.engine.errors import CheckpointError
 from bundle.engine.files import check_state_dict, remove_stale_temporaries, safe_load, save_atomic
+from bundle.engine.model_record import record_path, write_model_record
 from bundle.engine.rng import numpy_state, numpy_state_tuple, rng_state, set_rng_state, transform_random_states
 
 __all__ = ["TrainingState"]
@@ -84,12 +87,22 @@ class TrainingState:
     def iteration_path(self, iteration: int) -> Path:
         return self.output_dir / f"checkpoint_iter_{iteration}.pt"
 
+    @property
+    def schedule_start(self) -> int:
+        """The iterations the student had before this run (the trainer's ``schedule_start``; 0 for a fresh run)."""
+        return int(getattr(self.trainer, "schedule_start", 0))
+
+    def schedule_iteration(self) -> int:
+        """The training iterations the current weights have had: ``schedule_start`` + the trainer's iteration."""
+        return self.schedule_start + (self.trainer.state.iteration if self.trainer else 0)
+
     def state_dict(self) -> dict:
         trainer = self.trainer
         state = {
             "network": {k: v.detach().clone() for k, v in unwrap_model(self.network).state_dict().items()},
             "iteration": trainer.state.iteration if trainer else 0,
             "epoch": trainer.state.epoch if trainer else 0,
+            "schedule_start": self.schedule_start,
             "best_metric": self.best_metric,
             "best_iteration": self.best_iteration,
             "deployed": self.deployed,
@@ -132,6 +145,8 @@ class TrainingState:
         self.best_metric = float(state.get("best_metric", -math.inf))
         self.best_iteration = int(state.get("best_iteration", -1))
         self.deployed = str(state.get("deployed", "student"))
+        if self.trainer is not None and hasattr(self.trainer, "schedule_start"):
+            self.trainer.schedule_start = int(state.get("schedule_start", 0))
         if "transforms_rng" in state:
             targets = self._transform_states()
             if len(targets) == len(state["transforms_rng"]):
@@ -159,13 +174,14 @@ class TrainingState:
 
     def export_model(self, which: str = "student") -> None:
         """Write the flat state_dict (plain tensors) of the student (or, ``which="teacher"``, of the EMA teacher) to
-        ``model_file``; rank 0 only."""
+        ``model_file``, then its record of training iterations (``model.json``); rank 0 only."""
         if self.model_file is None or not is_rank0():
             return
         if which not in ("student", "teacher"):
             raise ValueError(f"which must be 'student' or 'teacher', got {which!r}.")
         sd = unwrap_model(self.network).state_dict() if which == "student" else self.teacher.state_dict()
         save_atomic({k: v.detach().cpu().clone() for k, v in sd.items()}, self.model_file)
+        write_model_record(self.model_file, self.schedule_iteration())
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files of an earlier process killed while saving (their targets are intact); rank 0 only."""
@@ -174,3 +190,4 @@ class TrainingState:
         remove_stale_temporaries(self.output_dir)
         if self.model_file is not None:
             remove_stale_temporaries(self.model_file.parent, self.model_file.name)
+            remove_stale_temporaries(self.model_file.parent, record_path(self.model_file).name)

@@ -74,6 +74,9 @@ class PLGDFTrainer(SupervisedTrainer):
             ``python -m scripts.bench_speed --precision bf16``).
         channels_last: run the networks in ``torch.channels_last_3d`` memory format.
         epoch_length, non_blocking, train_handlers, key_train_metric, postprocessing: as in SupervisedTrainer.
+
+    ``schedule_start`` (0) is the number of iterations the student had before this run: ``t``, the iteration of
+    lambda(t) and of the EMA, counts from it (set by :class:`bundle.handlers.schedule.ContinueSchedule`).
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class PLGDFTrainer(SupervisedTrainer):
         self.consistency_loss = consistency_loss or PyramidConsistencyLoss()
         self.sharpening_loss = sharpening_loss or SharpeningLoss()
         self.rampup = rampup or ConsistencyRampUp()
+        self.schedule_start = 0
         self.mix = mix
         self.n_copies = n_copies
         self.noise_std, self.noise_clip, self.noise_labeled = noise_std, noise_clip, noise_labeled
@@ -180,7 +184,7 @@ class PLGDFTrainer(SupervisedTrainer):
     def _iteration(self, engine: PLGDFTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        t = engine.state.iteration - 1  # 0-based iteration index for lambda(t) and the EMA
+        t = engine.schedule_start + engine.state.iteration - 1  # 0-based iteration index for lambda(t) and the EMA
         x_l = engine._to_device(batchdata[Keys.IMAGE])
         y_l = engine._to_device(batchdata[Keys.LABEL]).long()
         n_l = x_l.shape[0]
@@ -224,7 +228,7 @@ class PLGDFTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         if engine.teacher is not None:
-            engine.teacher.update(engine.network, engine.state.iteration)  # 1-based, as the authors: a=0.5 first
+            engine.teacher.update(engine.network, t + 1)  # 1-based, as the authors: a=0.5 first
         engine.state.output["label_fg"] = (y_l > 0).float().mean()  # to compare with pseudo_fg
         if y_hat is not None:
             engine.state.output["pseudo_fg"] = (y_hat > 0).float().mean()
