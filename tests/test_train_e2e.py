@@ -81,7 +81,9 @@ def test_fewer_labelled_cases_than_the_batch_shrink_the_batch(tmp_path):
 
 # What MONAI Label 0.8.5's BundleTrainTask does for POST /train (monailabel/tasks/train/bundle.py): read train.json,
 # insert a CheckpointLoader of models/model.pt first in train#handlers when that file exists ("pretrained"), and call
-# monai.bundle.run with its overrides (max_epochs, the labelled pairs, the validation list, the handlers).
+# monai.bundle.run with its overrides (max_epochs, the labelled pairs, the validation list, the handlers) and the
+# request's run_id: 3D Slicer sends the trainer's option "run_id": "" unchanged, and with run_id "" MONAI resolves
+# the whole config, so every id of train.json must resolve and none may evaluate or write anything by itself.
 MONAILABEL_TRAIN = """
 import json, os, sys
 import monai.bundle
@@ -94,7 +96,7 @@ handlers = parser.get("train#handlers", [])
 if os.path.exists(model_pt):
     handlers.insert(0, {"_target_": "CheckpointLoader", "load_path": model_pt, "load_dict": {"model": "$@network"},
                         "strict": False})
-monai.bundle.run(run_id="run", init_id=None, final_id=None, config_file=config, **overrides,
+monai.bundle.run(run_id="", init_id=None, final_id=None, config_file=config, **overrides,
                  **{"train#handlers": handlers})
 """
 
