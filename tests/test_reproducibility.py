@@ -63,7 +63,7 @@ def test_run_settings_are_written_next_to_the_outputs(two_runs: tuple[Path, Path
     assert resolved["patch_size"] == [16, 16, 16] and resolved["rand_flip_prob"] == 0.5
     assert resolved["rampup_length"] == 2  # "$int(0.4 * @num_iterations)", evaluated
     assert resolved["device"] == "cpu"
-    assert resolved["datalist"]["training"]  # the exact files trained on
+    assert settings["extra"]["data"]["training"]  # the exact files trained on
     assert "network_def" not in resolved and "optimizer" not in resolved  # components stay text, in "config"
     assert settings["config"]["network_def"]["_target_"] == "bundle.method.networks.PLGDFVNet"
     assert "--num_iterations" in settings["argv"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,13 +102,16 @@ monai.bundle.run(run_id="", init_id=None, final_id=None, config_file=config, **o
 """
 
 
-def _monailabel_train(data: Path, out: Path, models: Path, epochs: int, **settings) -> list[dict]:
-    """One MONAI Label training round of ``epochs`` engine epochs; returns its iteration records."""
-    datalist = json.loads((data / "datalist.json").read_text())
-    labelled = [{k: str(data / v) for k, v in d.items()} for d in datalist["training"]]
+def _monailabel_train(studies: Path, out: Path, models: Path, epochs: int, **settings) -> list[dict]:
+    """One MONAI Label training round of ``epochs`` engine epochs on a datastore folder (``studies``: images, final
+    labels in ``labels/final``); the bundle root is ``<studies>/../bundle``. Returns the round's iteration records."""
+    labelled = [
+        {"image": str(studies / p.name), "label": str(p)} for p in sorted((studies / "labels" / "final").glob("*"))
+    ]
     overrides = {
-        "dataset_dir": str(data), "output_dir": str(out), "ckpt_dir": str(models), "device": "cpu",
-        "train#trainer#max_epochs": epochs, "train#dataset#data": labelled, "validate#dataset#data": [], **settings,
+        "bundle_root": str(studies.parent / "bundle"), "output_dir": str(out), "ckpt_dir": str(models),
+        "device": "cpu", "train#trainer#max_epochs": epochs, "train#dataset#data": labelled,
+        "validate#dataset#data": [], **settings,
     }  # fmt: skip
     cmd = [sys.executable, "-c", MONAILABEL_TRAIN, str(REPO_ROOT / TRAIN_CONFIG), str(models / "model.pt")]
     proc = subprocess.run(
@@ -120,18 +124,28 @@ def _monailabel_train(data: Path, out: Path, models: Path, epochs: int, **settin
 @pytest.mark.slow
 def test_monailabel_rounds_continue_the_schedule(tiny_demo, tmp_path):
     """A MONAI Label round from the previous round's model.pt continues lambda(t) and the lr where it stopped: its
-    records equal those of the same iterations of one continuous run; the first round equals that run's start."""
+    records equal those of the same iterations of one continuous run; the first round equals that run's start. The
+    unlabelled set is the datastore's images without a final label, and nothing is written into the bundle root (no
+    demo data: the data list of train.json is never read)."""
+    studies = tmp_path / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for image in [*(tiny_demo / "imagesTr").glob("*.nii.gz"), *(tiny_demo / "imagesUnlabeled").glob("*.nii.gz")]:
+        shutil.copy2(image, studies / image.name)
+    for label in (tiny_demo / "labelsTr").glob("*.nii.gz"):
+        shutil.copy2(label, studies / "labels" / "final" / label.name)
     settings = {
         "n_filters": 2, "patch_size": [16, 16, 16], "spacing": [3.0, 3.0, 3.0], "labeled_batch_size": 1,
         "unlabeled_batch_size": 1, "num_iterations": 8, "val_interval": 2, "lr_power": 0.9, "rampup_length": 8,
     }  # fmt: skip
-    continuous = _monailabel_train(tiny_demo, tmp_path / "continuous", tmp_path / "m0", 4, **settings)
-    round1 = _monailabel_train(tiny_demo, tmp_path / "round1", tmp_path / "models", 2, **settings)
+    continuous = _monailabel_train(studies, tmp_path / "continuous", tmp_path / "m0", 4, **settings)
+    round1 = _monailabel_train(studies, tmp_path / "round1", tmp_path / "models", 2, **settings)
     assert json.loads((tmp_path / "models" / "model.json").read_text())["iterations"] == 4
-    round2 = _monailabel_train(tiny_demo, tmp_path / "round2", tmp_path / "models", 2, **settings)
+    round2 = _monailabel_train(studies, tmp_path / "round2", tmp_path / "models", 2, **settings)
     assert [r["iteration"] for r in continuous] == list(range(1, 9)) and len(round1) == len(round2) == 4
+    assert all(r["loss_semi"] > 0 for r in continuous)  # the unlabelled studies are used
     assert [(r["loss"], r["lambda"], r["lr"]) for r in round1] == [
         (r["loss"], r["lambda"], r["lr"]) for r in continuous[:4]
     ]
     assert [(r["lambda"], r["lr"]) for r in round2] == [(r["lambda"], r["lr"]) for r in continuous[4:]]
     assert json.loads((tmp_path / "models" / "model.json").read_text())["iterations"] == 8
+    assert not (tmp_path / "bundle").exists()
