@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# End-to-end check of the bundle in MONAI Label 0.8.5 (monaibundle app): a real server on 127.0.0.1 with demo
-# studies, then /info, /infer and /train over HTTP (tests/monailabel/monailabel_check.py does the checks).
+# End-to-end check of the bundle as shipped in MONAI Label 0.8.5 (monaibundle app): a real server on 127.0.0.1 with
+# demo studies, driven the way 3D Slicer drives it (next sample, auto segmentation, submit label, asynchronous
+# training polled to the end) for two labelling rounds (tests/monailabel/monailabel_check.py does the checks).
 #
-# Usage: bash tests/monailabel/monailabel_check.sh
+# Usage: bash tests/monailabel/monailabel_check.sh [--max-epochs N] [--min-dice D]
 # Environment:
 #   PLGDF_MONAILABEL_VENV  the separate environment (default: <repo>/.venv-monailabel; created when missing)
 #   PLGDF_MONAILABEL_WORK  working folder for the app, studies and bundle copy (default: a new temporary folder)
@@ -39,7 +40,7 @@ log "working folder $WORK"
 
 set +e
 PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" \
-  PYTHONPATH="$REPO" "$VENV/bin/python" "$REPO/tests/monailabel/monailabel_check.py" --repo "$REPO" --work "$WORK"
+  PYTHONPATH="$REPO" "$VENV/bin/python" "$REPO/tests/monailabel/monailabel_check.py" --repo "$REPO" --work "$WORK" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 0 ] && [ "${PLGDF_MONAILABEL_KEEP:-0}" != "1" ] && [ -z "${PLGDF_MONAILABEL_WORK:-}" ]; then
