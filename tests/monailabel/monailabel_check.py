@@ -203,8 +203,8 @@ def main() -> int:
     parser.add_argument(
         "--max-epochs",
         type=int,
-        default=2,
-        help="the train panel's max_epochs of each round (engine epochs of val_interval iterations). Default 2.",
+        default=4,
+        help="the train panel's max_epochs of each round (engine epochs of val_interval iterations). Default 4.",
     )
     parser.add_argument(
         "--min-dice", type=float, default=0.5, help="least Dice of a mask after a round of training. Default 0.5."
