@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.engine.errors import DataValidationError
+from bundle.engine.precision import CPU_PRECISIONS
 
 __all__ = ["SettingsError", "check_command_line", "check_settings", "config_ids", "SPECS"]
 
@@ -118,6 +119,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "semi_warmup": _choice("none", "rampup", "confidence"),
     "deploy_model": _choice("student", "best_of_both"),
     "amp_dtype": _choice("bfloat16", "float16"),
+    "cpu_precision": _choice(*CPU_PRECISIONS),
     "sw_overlap": _number(0, 1, hi_open=True),
     "cache_rate": _number(0, 1),
     "consistency_weight": _number(0),
@@ -134,7 +136,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
         for name in (
             "amp", "amp_cpu", "channels_last", "use_unlabeled", "noise_labeled", "use_mix", "use_semi",
             "use_consistency", "use_sharpening", "resume", "crop_foreground", "validate_teacher", "tta",
-            "keep_largest_cc", "semi_on_clean", "save_masks", "invert_to_input",
+            "keep_largest_cc", "semi_on_clean", "save_masks", "invert_to_input", "compile",
         )
     },
 }  # fmt: skip
