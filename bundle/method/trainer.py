@@ -387,6 +387,7 @@ class PLGDFTrainer(SupervisedTrainer):
             set_rng_state(saved_rng)
 
         self.unlabeled_iter = itertools.repeat(x_u) if self.unlabeled_iter is not None else None
+        self.state.iteration = max(self.state.iteration, 1)  # also when called before the run's first step
         self.fire_event = lambda *args, **kwargs: None  # the probe's steps are no iterations of the run
         try:
             yield restore
