@@ -70,6 +70,13 @@ def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fa
     return ok, text
 
 
+def _number_or_triple(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """One number, or a list of three (one per spatial axis), each within the bounds."""
+    one, text = _number(lo, hi, lo_open, hi_open)
+    triple, _ = _triple(one, "")
+    return (lambda v: one(v) or triple(v)), f"{text}, or a list of three such numbers (one per axis)"
+
+
 def _integer(lo: int):
     return (lambda v: _is_int(v) and v >= lo), f"a whole number >= {lo}"
 
@@ -120,7 +127,9 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "deploy_model": _choice("student", "best_of_both"),
     "amp_dtype": _choice("bfloat16", "float16"),
     "cpu_precision": _choice(*CPU_PRECISIONS),
-    "sw_overlap": _number(0, 1, hi_open=True),
+    "sw_overlap": _number_or_triple(0, 1, hi_open=True),
+    "sw_sigma_scale": _number_or_triple(0, lo_open=True),
+    "sw_average": _choice("logits", "probabilities"),
     "cache_rate": _number(0, 1),
     "consistency_weight": _number(0),
     "sharpen_temperature": _number(0, lo_open=True),
