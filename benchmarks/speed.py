@@ -436,8 +436,8 @@ def bench_inference(
     volume: Sequence[int] = (215, 140, 88),
     roi_size: Sequence[int] = (112, 112, 80),
     stride: Sequence[int] | None = None,
-    overlap: float = 0.5,
-    mode: str = "gaussian",
+    overlap: float | Sequence[float] | None = None,
+    mode: str | None = None,
     sw_batch_size: int = 4,
     n_filters: int = 16,
     amp: bool = False,
@@ -457,12 +457,13 @@ def bench_inference(
         compile: ``torch.compile`` the network (the warm-up run compiles it). Default False.
         stride: the paper protocol's stride; default :func:`bundle.evaluation.evaluate.paper_stride` of ``roi_size``, or
             ``roi // 4`` for windows the paper does not define.
-        overlap, mode, sw_batch_size: the bundle default (``configs/inference.json``: 0.5, gaussian, 4).
+        overlap, mode, sw_batch_size: the bundle default's window; ``None`` (default) reads ``configs/inference.json``
+            (``sw_overlap``, ``sw_mode``, ``sw_sigma_scale``, ``sw_average``: probabilities blended).
         repeats / paper_repeats: timed runs of the default / paper protocol, after one warm-up run of the default
             (``paper_repeats`` defaults to ``repeats``).
     """
-    from monai.inferers import SlidingWindowInferer
-
+    from benchmarks.window_campaign import default_setting
+    from benchmarks.window_study import build_inferer
     from bundle.evaluation.evaluate import PAPER_STRIDES
     from bundle.inference.inferers import StridedSlidingWindowInferer
 
@@ -482,7 +483,9 @@ def bench_inference(
     stride = tuple(stride) if stride is not None else PAPER_STRIDES.get(roi, tuple(max(1, r // 4) for r in roi))
     x = torch.randn((1, 1, *volume), device=device)
     paper = StridedSlidingWindowInferer(roi_size=roi, stride=stride, num_classes=2, sw_batch_size=sw_batch_size)
-    default = SlidingWindowInferer(roi_size=roi, overlap=overlap, mode=mode, sw_batch_size=sw_batch_size)
+    setting = dict(default_setting())
+    setting.update({k: v for k, v in (("overlap", overlap), ("mode", mode)) if v is not None})
+    default = build_inferer(setting, roi, sw_batch_size=sw_batch_size)
     counted = {"n": 0}
 
     def counting_net(t: torch.Tensor) -> torch.Tensor:
@@ -517,7 +520,7 @@ def bench_inference(
         if device.type == "cuda":
             out[name]["peak_memory_mb"] = peak_memory_mb(device)
     out["paper"]["stride"] = list(stride)
-    out["default"].update(overlap=overlap, mode=mode)
+    out["default"].update(setting)
     out["speedup_default_vs_paper"] = out["paper"]["seconds_per_volume"] / out["default"]["seconds_per_volume"]
     out["peak_memory_mb"] = peak_memory_mb(device)
     out["settings"] = {

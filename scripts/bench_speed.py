@@ -11,7 +11,7 @@ Parts (--part, default all; each part runs in its own process so peak memory is 
   contains (student forward+backward on its 8 rows, teacher no-grad forward on its 4) in the default layout fp32
   (the authors' setting) and in the trainer's own setting, measured round by round in the same process;
 - inference: seconds per volume (--volume, default 215x140x88, an LA case) at the paper's stride (18x18x4 for a
-  112x112x80 window) and at the bundle default (overlap 0.5, gaussian), with window counts;
+  112x112x80 window) and at the bundle default (configs/inference.json's window), with window counts;
 - data: seconds per training sample of configs/train.json's preprocessing, uncached and cached, on LA h5 cases
   (--la-dir, with configs/presets/la_lite.json) or on generated demo cases.
 
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--volume", type=int, nargs=3, default=[215, 140, 88], help="inference volume (an LA case)")
     p.add_argument("--roi", type=int, nargs=3, default=[112, 112, 80], help="inference window (the paper's)")
     p.add_argument("--stride", type=int, nargs=3, help="paper-protocol stride (default the paper's for the window)")
-    p.add_argument("--overlap", type=float, default=0.5, help="bundle default overlap (configs/inference.json)")
+    p.add_argument("--overlap", type=float, help="default window overlap (default: configs/inference.json's)")
     p.add_argument("--paper-repeats", type=int, help="timed runs at the paper's stride (default --repeats)")
     p.add_argument("--la-dir", help="data part: LA folder (h5 cases); default: generated demo cases")
     p.add_argument("--samples", type=int, default=8, help="data part: samples timed per mode")

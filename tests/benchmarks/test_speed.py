@@ -137,8 +137,12 @@ def test_bench_speed_cli_merges_a_host_entry_into_the_summary(tmp_path):
 def test_inference_benchmark_counts_windows():
     out = speed.bench_inference("cpu", (40, 30, 20), (16, 16, 16), stride=(8, 8, 8), n_filters=2, repeats=1)
     assert out["paper"]["windows"] == count_windows((40, 30, 20), (16, 16, 16), (8, 8, 8)) == 4 * 3 * 2
-    # overlap 0.5 -> interval 8: x 0,8,16,24 (4), y 0,8,14 (3), z 0,4 (2)
-    assert out["default"]["windows"] == 24 and out["default"]["mode"] == "gaussian"
+    # the default of configs/inference.json, overlap [0.66, 0.66, 0.75] -> intervals 5, 5, 4:
+    # x 0,5,...,20,24 (6), y 0,5,10,14 (4), z 0,4 (2)
+    assert out["default"]["windows"] == 6 * 4 * 2 and out["default"]["mode"] == "gaussian"
+    assert out["default"]["average"] == "probabilities"
+    explicit = speed.bench_inference("cpu", (40, 30, 20), (16, 16, 16), overlap=0.5, n_filters=2, repeats=1)
+    assert explicit["default"]["windows"] == 4 * 3 * 2  # overlap 0.5 -> interval 8: x 0,8,16,24, y 0,8,14, z 0,4
     assert out["speedup_default_vs_paper"] == pytest.approx(
         out["paper"]["seconds_per_volume"] / out["default"]["seconds_per_volume"]
     )
