@@ -6,9 +6,11 @@ timed around the inferer alone (no loading, no resampling), with the number of w
 
 A setting is a dict:
 
-- ``{"overlap": 0.5, "mode": "gaussian"}``: MONAI ``SlidingWindowInferer`` (the bundle default), optionally
-  ``"roi": [h, w, d]`` (a window other than the training patch; sizes divisible by 16) and ``"tta": [[0], ...]``
-  (flip test-time augmentation, :class:`bundle.inference.inferers.ProbabilityInferer`);
+- ``{"overlap": 0.5, "mode": "gaussian"}``: MONAI ``SlidingWindowInferer``, optionally ``"overlap"`` per axis
+  (``[0.5, 0.5, 0.75]``), ``"sigma"`` (the gaussian's ``sigma_scale``, default 0.125), ``"average":
+  "probabilities"`` (blend window softmaxes instead of logits), ``"roi": [h, w, d]`` (a window other than the
+  training patch; sizes divisible by 16) and ``"tta": [[0], ...]`` (flip test-time augmentation); all through
+  :class:`bundle.inference.inferers.ProbabilityInferer`;
 - ``{"stride": [9, 9, 2]}``: the paper's exact-stride window with uniform averaging
   (:class:`bundle.inference.inferers.StridedSlidingWindowInferer`).
 
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["WINDOW_SETTINGS", "build_inferer", "compare_windows", "markdown"]
+__all__ = ["WINDOW_SETTINGS", "build_inferer", "compare_windows", "markdown", "peak_memory_gb", "prepare_cases"]
 
 # name -> setting; the first is the bundle default, the last the paper's protocol scaled to LA-lite (9x9x2)
 WINDOW_SETTINGS: dict[str, dict[str, Any]] = {
@@ -39,7 +41,7 @@ WINDOW_SETTINGS: dict[str, dict[str, Any]] = {
     "overlap 0.75, constant": {"overlap": 0.75, "mode": "constant"},
     "paper stride 9x9x2": {"stride": [9, 9, 2]},
 }
-_KEYS = {"overlap", "mode", "roi", "tta", "stride"}
+_KEYS = {"overlap", "mode", "sigma", "average", "roi", "tta", "stride"}
 
 
 def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batch_size: int = 4) -> Any:
@@ -58,9 +60,13 @@ def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batc
         inner = StridedSlidingWindowInferer(roi, [int(s) for s in setting["stride"]], sw_batch_size=sw_batch_size)
         return ProbabilityInferer(inner)
     inner = SlidingWindowInferer(
-        roi, sw_batch_size=sw_batch_size, overlap=setting.get("overlap", 0.5), mode=setting.get("mode", "gaussian")
+        roi,
+        sw_batch_size=sw_batch_size,
+        overlap=setting.get("overlap", 0.5),
+        mode=setting.get("mode", "gaussian"),
+        sigma_scale=setting.get("sigma", 0.125),
     )
-    return ProbabilityInferer(inner, flip_axes=setting.get("tta", ()))
+    return ProbabilityInferer(inner, flip_axes=setting.get("tta", ()), average=setting.get("average", "logits"))
 
 
 def _prepare_cases(entries: Sequence[Mapping[str, Any]], preprocessing: Any) -> list[tuple[str, torch.Tensor, Any]]:
@@ -74,6 +80,47 @@ def _prepare_cases(entries: Sequence[Mapping[str, Any]], preprocessing: Any) -> 
     return cases
 
 
+def prepare_cases(
+    entries: Sequence[Mapping[str, Any]], configs: Sequence[str | Path], overrides: Mapping[str, Any] | None = None
+) -> list[tuple[str, torch.Tensor, Any]]:
+    """``entries`` through the ``preprocessing`` of ``configs`` once: ``[(case_id, image (1, C, H, W, D), label)]``."""
+    from monai.bundle import ConfigParser
+
+    if not entries:
+        raise ValueError("no cases to evaluate the window settings on.")
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return _prepare_cases(entries, parser.get_parsed_content("preprocessing"))
+
+
+def peak_memory_gb(setting: Mapping[str, Any], volume: Sequence[int], roi: Sequence[int], n_filters: int) -> float:
+    """Peak resident memory (GB) of a fresh process that runs ``setting`` once over a random ``volume`` (H, W, D)
+    with a V-Net of width ``n_filters`` and window ``roi`` (the whole process: Python, torch, network, buffers)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, resource, sys, torch\n"
+        "from benchmarks.window_study import build_inferer\n"
+        "from bundle.method.networks import PLGDFVNet\n"
+        "a = json.loads(sys.argv[1])\n"
+        "torch.manual_seed(0)\n"
+        "net = PLGDFVNet(1, 2, n_filters=a['n'], dropout=True).eval()\n"
+        "inferer = build_inferer(a['setting'], a['roi'])\n"
+        "with torch.no_grad():\n"
+        "    inferer(torch.randn(1, 1, *a['volume']), net)\n"
+        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20))\n"
+    )
+    arg = json.dumps({"setting": dict(setting), "volume": list(volume), "roi": list(roi), "n": int(n_filters)})
+    out = subprocess.run(
+        [sys.executable, "-c", code, arg], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def compare_windows(
     checkpoint: str | Path,
     entries: Sequence[Mapping[str, Any]],
@@ -82,6 +129,7 @@ def compare_windows(
     overrides: Mapping[str, Any] | None = None,
     reference: str | None = None,
     repeats: int = 1,
+    cases: Sequence[tuple[str, torch.Tensor, Any]] | None = None,
 ) -> dict[str, Any]:
     """Dice and inference time per volume of each window ``setting`` for ``checkpoint`` on labelled ``entries``.
 
@@ -94,6 +142,8 @@ def compare_windows(
         overrides: config ids to set (e.g. ``{"spacing": [1.25] * 3}``).
         reference: the setting the others are compared with (Dice difference, speed-up); default the last one.
         repeats: timed runs per case and setting (the median is kept).
+        cases: already preprocessed ``(case_id, image (1, C, H, W, D), label mask)`` (:func:`prepare_cases`), so that
+            several checkpoints share one preprocessing; default: preprocess ``entries`` here.
 
     Returns:
         ``{"settings": {name: {"setting", "dice_mean", "dice_std", "dice_median", "dice_per_case",
@@ -111,7 +161,7 @@ def compare_windows(
     reference = reference or list(settings)[-1]
     if reference not in settings:
         raise ValueError(f"reference {reference!r} is not one of the settings {list(settings)}.")
-    if not entries:
+    if not entries and not cases:
         raise ValueError("no cases to evaluate the window settings on.")
     parser = ConfigParser()
     parser.read_config([str(c) for c in configs])
@@ -122,7 +172,8 @@ def compare_windows(
     net.load_state_dict(state["network"] if isinstance(state, Mapping) and "network" in state else state)
     net.eval()
     patch = [int(p) for p in parser.get_parsed_content("patch_size")]
-    cases = _prepare_cases(entries, parser.get_parsed_content("preprocessing"))
+    if cases is None:
+        cases = _prepare_cases(entries, parser.get_parsed_content("preprocessing"))
     seen = {"n": 0}
 
     def counting_net(x: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
     python -m scripts.bench_speed --out runs/speed_cpu.json                       # CPU: 64x64x32, batch 2+2, V-Net 16
     python -m scripts.bench_speed --device cuda --patch 112 112 80 --precision bf16 --out runs/speed_gpu_bf16.json
+    python -m scripts.bench_speed --part training --cpu-precision auto --summary docs/results/speed_summary.json
+    python -m scripts.bench_speed --part training --cpu-precision fp32_cl --compile --warmup 3   # compile gain
 
 Parts (--part, default all; each part runs in its own process so peak memory is per part):
 - training: median seconds per PLGDF iteration (the real trainer step on synthetic batches) with the breakdown
@@ -9,9 +11,14 @@ Parts (--part, default all; each part runs in its own process so peak memory is 
   contains (student forward+backward on its 8 rows, teacher no-grad forward on its 4) in the default layout fp32
   (the authors' setting) and in the trainer's own setting, measured round by round in the same process;
 - inference: seconds per volume (--volume, default 215x140x88, an LA case) at the paper's stride (18x18x4 for a
-  112x112x80 window) and at the bundle default (overlap 0.5, gaussian), with window counts;
+  112x112x80 window) and at the bundle default (configs/inference.json's window), with window counts;
 - data: seconds per training sample of configs/train.json's preprocessing, uncached and cached, on LA h5 cases
   (--la-dir, with configs/presets/la_lite.json) or on generated demo cases.
+
+--cpu-precision runs training and inference in the bundle's cpu_precision (auto: the trainer's own start-up probe,
+then the iteration in the chosen precision); --compile adds torch.compile (and an eager copy in the same rounds, for
+the gain); --summary FILE merges this CPU host's entry (cpu, flags, chosen, iteration_s and the two ratios) into the
+speed summary (docs/results/speed_summary.json; the issue's configuration is the default 64x64x32, batch 2+2, width 16).
 """
 
 from __future__ import annotations
@@ -44,17 +51,29 @@ def _parser() -> argparse.ArgumentParser:
         help="autocast: bf16/fp16 on CUDA, bf16 on CPU (the trainer's amp_cpu)",
     )
     p.add_argument("--no-channels-last", action="store_true", help="default memory layout in the trainer")
+    p.add_argument(
+        "--cpu-precision",
+        choices=["fp32", "fp32_cl", "bf16", "bf16_cl", "auto"],
+        help="the bundle's cpu_precision for training and inference on the CPU (replaces --precision and "
+        "--no-channels-last there); auto runs the trainer's / inference's own probe first",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (eager copies timed beside)")
+    p.add_argument("--probe-steps", type=int, default=2, help="timed steps per candidate of --cpu-precision auto")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed training iterations / inference runs")
     p.add_argument("--volume", type=int, nargs=3, default=[215, 140, 88], help="inference volume (an LA case)")
     p.add_argument("--roi", type=int, nargs=3, default=[112, 112, 80], help="inference window (the paper's)")
     p.add_argument("--stride", type=int, nargs=3, help="paper-protocol stride (default the paper's for the window)")
-    p.add_argument("--overlap", type=float, default=0.5, help="bundle default overlap (configs/inference.json)")
+    p.add_argument("--overlap", type=float, help="default window overlap (default: configs/inference.json's)")
     p.add_argument("--paper-repeats", type=int, help="timed runs at the paper's stride (default --repeats)")
     p.add_argument("--la-dir", help="data part: LA folder (h5 cases); default: generated demo cases")
     p.add_argument("--samples", type=int, default=8, help="data part: samples timed per mode")
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's)")
     p.add_argument("--out", help="also write the JSON here")
+    p.add_argument(
+        "--summary",
+        help="merge this host's training entry into this speed summary JSON (e.g. docs/results/speed_summary.json)",
+    )
     return p
 
 
@@ -67,6 +86,10 @@ def _run_part(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     amp = args.precision != "fp32"
     dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(args.precision, "bfloat16")
+    on_cpu = not args.device.startswith("cuda")
+    if args.cpu_precision and on_cpu:
+        amp = False  # the CPU precision decides
+    cpu_precision = args.cpu_precision if on_cpu else None
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda given but torch sees no CUDA device.")
@@ -83,6 +106,9 @@ def _run_part(args: argparse.Namespace) -> dict:
             channels_last=not args.no_channels_last,
             warmup=args.warmup,
             repeats=args.repeats,
+            cpu_precision=cpu_precision,
+            compile=args.compile,
+            probe_steps=args.probe_steps,
         )
     if args.part == "inference":
         return speed.bench_inference(
@@ -96,6 +122,8 @@ def _run_part(args: argparse.Namespace) -> dict:
             amp_dtype=dtype,
             repeats=args.repeats,
             paper_repeats=args.paper_repeats,
+            cpu_precision=cpu_precision,
+            compile=args.compile,
         )
     return _run_data(args)
 
@@ -126,15 +154,25 @@ def _run_data(args: argparse.Namespace) -> dict:
     return out
 
 
+def _without_option(args: list[str], option: str) -> list[str]:
+    """``args`` without ``option`` and its value."""
+    return [a for i, a in enumerate(args) if a != option and (i == 0 or args[i - 1] != option)]
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
+    if args.summary and (args.part not in ("training", "all") or args.device.startswith("cuda")):
+        raise ValueError(
+            "--summary records a CPU host's training figures: use it with --part training (or all) on cpu."
+        )
     if args.part != "all":
         result = {args.part: _run_part(args)}
     else:
         result = {}
         raw = list(sys.argv[1:] if argv is None else argv)
-        base = [a for i, a in enumerate(raw) if a != "--part" and (i == 0 or raw[i - 1] != "--part")]
-        base = [a for i, a in enumerate(base) if a != "--out" and (i == 0 or base[i - 1] != "--out")]
+        base = raw
+        for option in ("--part", "--out", "--summary"):
+            base = _without_option(base, option)
         for part in PARTS:
             print(f"[bench] {part} ...", file=sys.stderr, flush=True)
             proc = subprocess.run(
@@ -159,6 +197,14 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+    if args.summary:
+        from benchmarks import speed
+
+        entry = speed.host_summary_entry(result["training"], result["machine"])
+        speed.merge_host_summary(args.summary, entry)
+        result["summary_entry"] = entry
+        if result["training"]["settings"]["patch_size"] != speed.SUMMARY_SETTINGS["patch_size"]:
+            print(f"[bench] note: the summary's configuration is {speed.SUMMARY_SETTINGS}", file=sys.stderr)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

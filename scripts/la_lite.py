@@ -13,6 +13,7 @@ The campaign (labelled budget and seed first-class; see docs/results.md):
     python -m scripts.la_lite campaign                   # the 15 runs in order, resumable, figures per run
     python -m scripts.la_lite campaign --plan plgdf-4:0 --plan supervised-4:0 --commit-repo .
     python -m scripts.la_lite summary                    # statistics, tables, curves from the per-run figures
+    python -m scripts.la_lite window-summary             # inference default vs paper stride, every checkpoint
 
 A campaign run lives in <run-root>/labels<N>/<arm>/seed<k>; after it ends its figures go to
 <results-dir>/la_lite_runs/<arm>-<N>_seed<k>.json (default results dir docs/results), the summary
@@ -52,7 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "step",
-        choices=["prepare", "train", "evaluate", "report", "windows", "all", "run", "campaign", "summary", "bn-screen"],
+        choices=[
+            "prepare",
+            "train",
+            "evaluate",
+            "report",
+            "windows",
+            "all",
+            "run",
+            "campaign",
+            "summary",
+            "bn-screen",
+            "window-summary",
+        ],
     )
     parser.add_argument("--la-dir", default="../shared/data/LA", help="LA folder (default ../shared/data/LA)")
     parser.add_argument("--run-root", default="runs/la_lite", help="outputs (default runs/la_lite)")
@@ -87,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", action="append", help="campaign: run spec <arm>-<labels>:<seed>, repeatable")
     parser.add_argument("--results-dir", default="docs/results", help="run/campaign/summary: figures folder")
     parser.add_argument("--commit-repo", help="campaign: commit each run's figures in this git checkout")
+    parser.add_argument("--repeats", type=int, default=1, help="window-summary: timed runs per case (median)")
+    parser.add_argument("--no-full", action="store_true", help="window-summary: skip the full-resolution timing")
     args = parser.parse_args(argv)
     arms = args.arm or list(la_lite.DEFAULT_ARMS)
     try:
@@ -113,6 +128,29 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"[bn-screen] {spec}: {json.dumps(result)}", flush=True)
                 print(f"[bn-screen] recorded in {record_screen(args.results_dir, spec, 'bn_reestimation', result)}")
+            return 0
+        if args.step == "window-summary":
+            from benchmarks.window_campaign import window_summary
+
+            run_root = args.run_root if args.run_root != "runs/la_lite" else "runs/la_lite_campaign"
+            overrides = {
+                "spacing": [0.625 / la_lite.RESAMPLE_FACTOR] * 3,
+                "bundle_root": str(la_lite.ROOT),
+                **la_lite.parse_overrides(extra),
+            }
+            entries = la_lite.la_entries(args.la_dir, args.la_list or Path(run_root) / "data" / "validation.list")
+            configs = [str(la_lite.ROOT / "configs" / "inference.json"), str(la_lite.ROOT / la_lite.PRESET)]
+            out = window_summary(
+                run_root,
+                entries,
+                Path(args.results_dir) / "window_summary.json",
+                overrides,
+                configs,
+                repeats=args.repeats,
+                full=not args.no_full,
+                command="python -m scripts.la_lite " + " ".join(argv),
+            )
+            print(json.dumps(out["targets"]), flush=True)
             return 0
         if args.step == "summary":
             out = campaign.summarize(args.results_dir)

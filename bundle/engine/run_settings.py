@@ -3,6 +3,8 @@
 :func:`write_run_settings` records the seed, the command line, the library versions, device facts, the merged
 configuration (overrides applied) and the resolved plain-JSON values (:func:`resolved_settings`). Called from
 ``configs/train.json``'s ``initialize`` it finds the ``ConfigParser`` evaluating it on the call stack.
+:func:`update_run_settings` adds facts known only once the run has started (the CPU precision that
+``cpu_precision: "auto"`` chose, with the probe's timings).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from bundle.engine.distributed import rank
 from bundle.engine.files import write_json_atomic
 
-__all__ = ["resolved_settings", "write_run_settings"]
+__all__ = ["resolved_settings", "write_run_settings", "update_run_settings"]
 
 logger = logging.getLogger("plgdf")
 
@@ -190,6 +192,36 @@ def write_run_settings(
         os.replace(path, path.with_name(f"{path.stem}.{n}{path.suffix}"))
     write_json_atomic(path, settings, default=str)
     logger.info(f"run settings written to {path}")
+    return path
+
+
+def update_run_settings(
+    output_dir: str | os.PathLike, key: str, value: Any, filename: str = "run_settings.json"
+) -> Path | None:
+    """Set ``key`` to ``value`` (plain JSON) in ``<output_dir>/<filename>``, written atomically; the file is created
+    when :func:`write_run_settings` has not written it. Only rank 0 writes.
+
+    Args:
+        output_dir: the run's output folder.
+        key: the top-level entry, e.g. ``"cpu_precision"``.
+        value: its value (numbers, text, lists and dicts of them).
+        filename: file name. Default ``"run_settings.json"``.
+
+    Returns:
+        The written path, or ``None`` on ranks other than 0.
+    """
+    if rank() != 0:
+        return None
+    path = Path(output_dir) / filename
+    settings: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            logger.warning(f"{path} is not readable JSON ({err}); writing {key!r} into a new file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings[key] = _plain(value)
+    write_json_atomic(path, settings, default=str)
     return path
 
 

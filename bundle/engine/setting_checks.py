@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.engine.errors import DataValidationError
+from bundle.engine.precision import CPU_PRECISIONS
 
 __all__ = ["SettingsError", "check_command_line", "check_settings", "config_ids", "SPECS"]
 
@@ -67,6 +68,13 @@ def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fa
         return hi is None or (v < hi or (not hi_open and v == hi))
 
     return ok, text
+
+
+def _number_or_triple(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """One number, or a list of three (one per spatial axis), each within the bounds."""
+    one, text = _number(lo, hi, lo_open, hi_open)
+    triple, _ = _triple(one, "")
+    return (lambda v: one(v) or triple(v)), f"{text}, or a list of three such numbers (one per axis)"
 
 
 def _integer(lo: int):
@@ -118,7 +126,10 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "semi_warmup": _choice("none", "rampup", "confidence"),
     "deploy_model": _choice("student", "best_of_both"),
     "amp_dtype": _choice("bfloat16", "float16"),
-    "sw_overlap": _number(0, 1, hi_open=True),
+    "cpu_precision": _choice(*CPU_PRECISIONS),
+    "sw_overlap": _number_or_triple(0, 1, hi_open=True),
+    "sw_sigma_scale": _number_or_triple(0, lo_open=True),
+    "sw_average": _choice("logits", "probabilities"),
     "cache_rate": _number(0, 1),
     "consistency_weight": _number(0),
     "sharpen_temperature": _number(0, lo_open=True),
@@ -134,7 +145,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
         for name in (
             "amp", "amp_cpu", "channels_last", "use_unlabeled", "noise_labeled", "use_mix", "use_semi",
             "use_consistency", "use_sharpening", "resume", "crop_foreground", "validate_teacher", "tta",
-            "keep_largest_cc", "semi_on_clean", "save_masks", "invert_to_input",
+            "keep_largest_cc", "semi_on_clean", "save_masks", "invert_to_input", "compile",
         )
     },
 }  # fmt: skip

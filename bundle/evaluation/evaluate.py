@@ -43,8 +43,10 @@ def describe_inferer(inferer: Any) -> dict[str, Any]:
     inner = getattr(inferer, "inferer", inferer)
     if inner is not inferer:
         desc["flip_tta_axes"] = [list(a) for a in getattr(inferer, "flip_axes", [])]
+        if hasattr(inferer, "average"):
+            desc["average"] = inferer.average
     desc["name"] = type(inner).__name__
-    for attr in ("roi_size", "stride", "overlap", "mode", "sw_batch_size"):
+    for attr in ("roi_size", "stride", "overlap", "mode", "sigma_scale", "sw_batch_size"):
         if hasattr(inner, attr):
             value = getattr(inner, attr)
             desc[attr] = list(value) if isinstance(value, (tuple, list)) else getattr(value, "value", value)
@@ -63,7 +65,7 @@ def evaluate_checkpoint(
     protocol: str = "monai",
     roi_size: Sequence[int] | None = None,
     stride: Sequence[int] | None = None,
-    overlap: float | None = None,
+    overlap: float | Sequence[float] | None = None,
     mode: str | None = None,
     sw_batch_size: int | None = None,
     space: str | None = None,
@@ -178,7 +180,7 @@ def evaluate_checkpoint(
     else:
         params.update(window_inferer="@sliding_window_inferer", tta=bool(tta), keep_largest_cc=bool(keep_largest_cc))
         if overlap is not None:
-            params["sw_overlap"] = float(overlap)
+            params["sw_overlap"] = [float(o) for o in overlap] if isinstance(overlap, (list, tuple)) else float(overlap)
         if mode is not None:
             params["sw_mode"] = mode
     params.update(dict(overrides or {}))

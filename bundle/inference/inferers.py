@@ -207,21 +207,42 @@ class ProbabilityInferer(Inferer):
             Default ``()``: no test-time augmentation.
         softmax: apply a softmax over channels to the inner output; ``None`` (default) decides by type (False
             for ``StridedSlidingWindowInferer``, True otherwise).
+        average: what the inner inferer blends where windows overlap: ``"logits"`` (default, the network's raw
+            output, softmax after blending) or ``"probabilities"`` (the network is wrapped in a softmax, so the
+            blend is a weighted mean of window probabilities, as :class:`StridedSlidingWindowInferer` does; the
+            bundle's default, ``docs/performance.md``). Ignored for :class:`StridedSlidingWindowInferer`.
     """
 
-    def __init__(self, inferer: Inferer, flip_axes: Sequence[Sequence[int]] = (), softmax: bool | None = None) -> None:
+    def __init__(
+        self,
+        inferer: Inferer,
+        flip_axes: Sequence[Sequence[int]] = (),
+        softmax: bool | None = None,
+        average: str = "logits",
+    ) -> None:
         super().__init__()
         if not callable(inferer):
             raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
+        if average not in ("logits", "probabilities"):
+            raise ValueError(f"average must be 'logits' or 'probabilities', got {average!r}.")
         self.inferer = inferer
         self.flip_axes = [tuple(int(a) for a in axes) for axes in (flip_axes or ())]
         for axes in self.flip_axes:
             if not axes or any(a < 0 or a > 2 for a in axes):
                 raise ValueError(f"flip_axes entries must be non-empty lists of spatial axes 0..2, got {flip_axes}.")
-        self.softmax = not isinstance(inferer, StridedSlidingWindowInferer) if softmax is None else bool(softmax)
+        strided = isinstance(inferer, StridedSlidingWindowInferer)
+        self.average = "probabilities" if strided else average
+        self.softmax = (not strided and average == "logits") if softmax is None else bool(softmax)
 
     def _probs(self, x: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.inferer(x, network, *args, **kwargs)
+        if self.average == "probabilities" and not isinstance(self.inferer, StridedSlidingWindowInferer):
+
+            def probabilities(patches: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
+                return torch.softmax(network(patches, *a, **k).float(), dim=1)
+
+            out = self.inferer(x, probabilities, *args, **kwargs)
+        else:
+            out = self.inferer(x, network, *args, **kwargs)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the inner inferer must return one tensor, got {type(out).__name__}.")
         out = out.float()

@@ -5,22 +5,36 @@ any number of spatial dimensions works), applies the softmax over the class chan
 float32 (logits are cast with ``.float()``), so the losses are safe under ``torch.autocast``. No loss calls
 ``.item()`` or otherwise synchronises with the host.
 
+Each loss also has ``from_probs(pyramid, ...)``, which takes a :class:`SoftmaxPyramid`: the log-softmax and
+softmax of every output computed once. The trainer computes it once per iteration over all rows of the student
+batch and hands each term its rows as views (:meth:`SoftmaxPyramid.rows`), so the four terms share one
+log-softmax, one exponential and one float32 cast per output instead of recomputing them on their own rows.
+``loss(logits)`` is ``loss.from_probs(SoftmaxPyramid.from_logits(logits))``.
+
 Each loss has a ``reference`` form (or switch) that reproduces the authors' public code exactly; the defaults are
 the paper's method (see ``docs/method_notes.md``, "What reference.json changes").
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["soft_dice_loss", "one_hot", "PyramidSupervisedLoss", "PyramidConsistencyLoss", "SharpeningLoss"]
+__all__ = [
+    "soft_dice_loss",
+    "one_hot",
+    "SoftmaxPyramid",
+    "PyramidSupervisedLoss",
+    "PyramidConsistencyLoss",
+    "SharpeningLoss",
+]
 
 DICE_FORMS = ("paper", "reference")
 CONSISTENCY_FORMS = ("paper", "reference")
+DICE_EPS = 1e-10  # the reference value, added to the Dice denominator only
 
 
 def _as_pyramid(logits: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -54,7 +68,7 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def soft_dice_loss(
-    probs: torch.Tensor, target_onehot: torch.Tensor, form: str = "paper", eps: float = 1e-10
+    probs: torch.Tensor, target_onehot: torch.Tensor, form: str = "paper", eps: float = DICE_EPS
 ) -> torch.Tensor:
     """Soft Dice loss on probabilities, pooled over the batch and voxels, averaged over classes (background included).
 
@@ -85,12 +99,63 @@ def soft_dice_loss(
         raise ValueError(f"probs must be (B, C, *spatial), got shape {tuple(probs.shape)}.")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}.")
-    p, g = probs.float(), target_onehot.float()
-    reduce_dims = [0] + list(range(2, p.dim()))  # batch and voxels pooled; one value per class
-    intersect = (p * g).sum(dim=reduce_dims)
-    denominator = (p * p).sum(dim=reduce_dims) + (g * g).sum(dim=reduce_dims) + eps
+    g = target_onehot.float()
+    return _soft_dice(probs.float(), g, (g * g).sum(dim=_pooled_dims(g)), form, eps)
+
+
+def _pooled_dims(x: torch.Tensor) -> list[int]:
+    """The batch and voxel dims of ``(B, C, *spatial)``: everything but the class channel."""
+    return [0] + list(range(2, x.dim()))
+
+
+def _soft_dice(p: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor, form: str, eps: float) -> torch.Tensor:
+    """:func:`soft_dice_loss` with ``sum(g_c^2)`` (``(C,)``) computed by the caller, once for every output."""
+    dims = _pooled_dims(p)
+    intersect = (p * g).sum(dim=dims)
+    denominator = (p * p).sum(dim=dims) + g_sq + eps
     factor = 2.0 if form == "paper" else 1.0
     return (1.0 - factor * intersect / denominator).mean()
+
+
+class SoftmaxPyramid:
+    """The log-softmax and softmax over the class channel of every pyramid output, computed once.
+
+    For outputs ``P_k`` ``(B, C, H, W, D)``: ``log_probs[k] = log_softmax(float(P_k))`` and
+    ``probs[k] = exp(log_probs[k])``, both float32 and differentiable. :meth:`rows` gives the same rows of every
+    level as views (no copy), so one pyramid over the whole student batch serves every loss term.
+
+    Args:
+        log_probs: one ``(B, C, *spatial)`` tensor per output.
+        probs: ``exp`` of each of ``log_probs``, the same shapes.
+    """
+
+    def __init__(self, log_probs: Sequence[torch.Tensor], probs: Sequence[torch.Tensor]) -> None:
+        self.log_probs, self.probs = list(log_probs), list(probs)
+        _as_pyramid(self.log_probs)
+        if [p.shape for p in self.probs] != [lp.shape for lp in self.log_probs]:
+            raise ValueError("probs and log_probs must hold one tensor of the same shape per output.")
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor | Sequence[torch.Tensor]) -> SoftmaxPyramid:
+        """From the outputs' logits (one tensor is a one-level pyramid); each level is cast to float32 once."""
+        log_probs = [F.log_softmax(level.float(), dim=1) for level in _as_pyramid(logits)]
+        return cls(log_probs, [lp.exp() for lp in log_probs])
+
+    def rows(self, start: int, stop: int | None = None) -> SoftmaxPyramid:
+        """Batch rows ``[start, stop)`` of every level, as views."""
+        return SoftmaxPyramid([lp[start:stop] for lp in self.log_probs], [p[start:stop] for p in self.probs])
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(B, C, *spatial)`` of every level."""
+        return self.log_probs[0].shape
+
+    def __len__(self) -> int:
+        return len(self.log_probs)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(log_probs[k], probs[k])`` per level."""
+        return iter(zip(self.log_probs, self.probs))
 
 
 class PyramidSupervisedLoss(nn.Module):
@@ -100,6 +165,7 @@ class PyramidSupervisedLoss(nn.Module):
 
     with ``CE`` the mean voxel-wise cross-entropy over the batch and ``Dice`` :func:`soft_dice_loss`. PLGDF uses it
     for ``L_sup`` (ground-truth labels of the labelled rows) and ``L_semi`` (hard pseudo-labels of the mixed rows).
+    The one-hot target and its per-class voxel counts are built once per call, for all outputs.
 
     Args:
         dice_form: ``"paper"`` (``1 - 2 sum(pg) / ...``) or ``"reference"`` (no factor 2). Defaults to ``"paper"``.
@@ -128,8 +194,11 @@ class PyramidSupervisedLoss(nn.Module):
             ``(loss, parts)``: the weighted scalar loss and ``{"ce": sum_k CE_k, "dice": sum_k Dice_k}`` (detached,
             unweighted, for logging).
         """
-        levels = _as_pyramid(logits)
-        shape = levels[0].shape
+        return self.from_probs(SoftmaxPyramid.from_logits(logits), target)
+
+    def from_probs(self, pyramid: SoftmaxPyramid, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`forward` on precomputed probabilities (``pyramid``: :class:`SoftmaxPyramid` of the rows)."""
+        shape = pyramid.shape
         if target.dim() == len(shape) and target.shape[1] == 1:
             target = target.squeeze(1)
         if target.shape != shape[:1] + shape[2:]:
@@ -137,15 +206,15 @@ class PyramidSupervisedLoss(nn.Module):
                 f"target must be (B, *spatial) or (B, 1, *spatial) matching logits {tuple(shape)}, "
                 f"got {tuple(target.shape)}."
             )
-        if target.is_floating_point():
+        if target.is_floating_point() or target.dtype != torch.long:
             target = target.long()
         target_onehot = one_hot(target, shape[1])
-        ce = levels[0].new_zeros((), dtype=torch.float32)
-        dice = levels[0].new_zeros((), dtype=torch.float32)
-        for level in levels:
-            level = level.float()
-            ce = ce + F.cross_entropy(level, target)
-            dice = dice + soft_dice_loss(torch.softmax(level, dim=1), target_onehot, form=self.dice_form)
+        g_sq = target_onehot.sum(dim=_pooled_dims(target_onehot))  # = sum(g^2) for a 0/1 target, exact
+        ce = pyramid.log_probs[0].new_zeros(())
+        dice = pyramid.log_probs[0].new_zeros(())
+        for log_p, p in pyramid:
+            ce = ce + F.nll_loss(log_p, target)  # = cross_entropy(P_k, y): log_p is its log-softmax
+            dice = dice + _soft_dice(p, target_onehot, g_sq, self.dice_form, DICE_EPS)
         return self.weight * (ce + dice), {"ce": ce.detach(), "dice": dice.detach()}
 
 
@@ -193,23 +262,29 @@ class PyramidConsistencyLoss(nn.Module):
         Returns:
             a scalar tensor (float32).
         """
-        levels = [level.float() for level in _as_pyramid(logits)]
-        log_probs = [F.log_softmax(level, dim=1) for level in levels]
-        probs = [lp.exp() for lp in log_probs]
-        p_mean = torch.stack(probs, dim=0).mean(dim=0)
+        return self.from_probs(SoftmaxPyramid.from_logits(logits))
+
+    def from_probs(self, pyramid: SoftmaxPyramid) -> torch.Tensor:
+        """:meth:`forward` on precomputed probabilities (``pyramid``: :class:`SoftmaxPyramid` of the rows)."""
+        probs = pyramid.probs
+        p_mean = probs[0]
+        for p_k in probs[1:]:
+            p_mean = p_mean + p_k
+        p_mean = p_mean / len(probs)
         if self.detach_mean:
             p_mean = p_mean.detach()
-        neg_entropy = torch.xlogy(p_mean, p_mean)  # sum_c of this is sum_c p log p, 0 where p == 0
+        # sum_c p_mean log p_mean (0 where p_mean == 0), shared by every D_k = that - sum_c p_mean log p_k
+        neg_entropy = torch.xlogy(p_mean, p_mean).sum(dim=1, keepdim=True)
         total = p_mean.new_zeros(())
-        for p_k, log_p_k in zip(probs, log_probs):
-            kl = (neg_entropy - p_mean * log_p_k).sum(dim=1, keepdim=True)  # (B, 1, *spatial)
+        for log_p_k, p_k in pyramid:
+            kl = neg_entropy - (p_mean * log_p_k).sum(dim=1, keepdim=True)  # (B, 1, *spatial)
             w = torch.exp(-kl)
             if self.form == "paper":
                 dist = (p_k - p_mean).pow(2).sum(dim=1, keepdim=True)  # (B, 1, *spatial)
             else:
                 dist = (p_mean - p_k).pow(3)  # (B, C, *spatial); the mean below also runs over the classes
             total = total + (dist * w).mean() / (w.mean() + self.eps) + kl.mean()
-        return total / len(levels)
+        return total / len(pyramid)
 
 
 class SharpeningLoss(nn.Module):
@@ -220,8 +295,9 @@ class SharpeningLoss(nn.Module):
     ``L = mean_k mean_{b,c,i} (p_k - s(p_k))^2`` with ``p_k = softmax(P_k)``.
 
     ``s`` is evaluated in log space, ``s(p_c) = sigmoid((log p_c - log(1 - p_c)) / T)`` with
-    ``log p_c - log(1 - p_c) = z_c - logsumexp_{c' != c} z_c'`` from the logits ``z``, which is exact and finite for
-    any finite logits even at ``T = 0.1`` (no ``0 / 0``, no infinite gradients).
+    ``log p_c - log(1 - p_c) = z_c - logsumexp_{c' != c} z_c'`` from the logits ``z`` (or the log-probabilities,
+    which differ from them by a shift per voxel that cancels), which is exact and finite for any finite logits
+    even at ``T = 0.1`` (no ``0 / 0``, no infinite gradients).
 
     Args:
         temperature: ``T`` > 0. Defaults to 0.1.
@@ -237,14 +313,17 @@ class SharpeningLoss(nn.Module):
         self.detach_target = bool(detach_target)
 
     def sharpen(self, logits: torch.Tensor) -> torch.Tensor:
-        """``s(softmax(logits))`` per class channel; ``logits`` ``(B, C, H, W, D)``, float32 output of that shape."""
+        """``s(softmax(logits))`` per class channel; ``logits`` (or log-probabilities) ``(B, C, H, W, D)``, float32
+        output of that shape."""
         z = logits.float()
         n_classes = z.shape[1]
-        # logsumexp over the other classes: z broadcast to (B, C, C, ...) with the diagonal masked out
-        mask = torch.zeros(n_classes, n_classes, device=z.device, dtype=z.dtype)
-        mask.fill_diagonal_(float("-inf"))
-        mask = mask.view(1, n_classes, n_classes, *([1] * (z.dim() - 2)))
-        lse_others = torch.logsumexp(z.unsqueeze(1) + mask, dim=2)
+        if n_classes == 2:  # the logsumexp over the one other class is that class's value
+            lse_others = z.flip(1)
+        else:  # logsumexp over the other classes: z broadcast to (B, C, C, ...) with the diagonal masked out
+            mask = torch.zeros(n_classes, n_classes, device=z.device, dtype=z.dtype)
+            mask.fill_diagonal_(float("-inf"))
+            mask = mask.view(1, n_classes, n_classes, *([1] * (z.dim() - 2)))
+            lse_others = torch.logsumexp(z.unsqueeze(1) + mask, dim=2)
         return torch.sigmoid((z - lse_others) / self.temperature)
 
     def forward(self, logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -255,12 +334,14 @@ class SharpeningLoss(nn.Module):
         Returns:
             a scalar tensor (float32).
         """
-        levels = _as_pyramid(logits)
-        total = levels[0].new_zeros((), dtype=torch.float32)
-        for level in levels:
-            level = level.float()
-            target = self.sharpen(level)
+        return self.from_probs(SoftmaxPyramid.from_logits(logits))
+
+    def from_probs(self, pyramid: SoftmaxPyramid) -> torch.Tensor:
+        """:meth:`forward` on precomputed probabilities (``pyramid``: :class:`SoftmaxPyramid` of the rows)."""
+        total = pyramid.log_probs[0].new_zeros(())
+        for log_p, p in pyramid:
+            target = self.sharpen(log_p)
             if self.detach_target:
                 target = target.detach()
-            total = total + (torch.softmax(level, dim=1) - target).pow(2).mean()
-        return total / len(levels)
+            total = total + (p - target).pow(2).mean()
+        return total / len(pyramid)

@@ -10,14 +10,24 @@ One iteration (``docs/method_notes.md``, "One iteration"):
    pseudo-label of its unlabelled source.
 4. One student forward over ``[x_l_noisy, x_mix, x_u]`` giving P1..P4 for every row.
 5. ``L = L_sup + L_semi + lambda(t) (L_sharp + L_consis)``; SGD step; EMA update of the teacher.
+   The four terms share one :class:`bundle.method.losses.SoftmaxPyramid` of the student's outputs (one
+   log-softmax per output over all rows; each term reads its rows as views).
 
 Every component is a switch (the paper's ablation). Loss terms stay on the device: the step does
 no host synchronisation; handlers read the scalars when they log.
+
+Before the first step (:meth:`PLGDFTrainer.prepare_step`) the trainer settles the CPU precision
+(``cpu_precision``, timing the candidates of ``"auto"`` on the run's own shapes: see
+:mod:`bundle.engine.precision`) and compiles the networks (``compile``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+import copy
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -25,12 +35,17 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from bundle.method.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss
+from bundle.engine import precision as cpu_precisions
+from bundle.engine.distributed import unwrap_model
+from bundle.engine.rng import rng_state, set_rng_state
+from bundle.method.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss, SoftmaxPyramid
 from bundle.method.mix import MixModule, add_noise
 from bundle.method.rampup import ConsistencyRampUp
 from bundle.method.teacher import EMATeacher
 
 __all__ = ["PLGDFTrainer"]
+
+logger = logging.getLogger("plgdf")
 
 
 def _as_list(outputs: Any) -> list[torch.Tensor]:
@@ -38,6 +53,21 @@ def _as_list(outputs: Any) -> list[torch.Tensor]:
 
 
 SEMI_WARMUPS = ("none", "rampup", "confidence")
+#: ``cpu_precision "auto"`` is skipped when the run has fewer than this many times the probe's iterations left
+PROBE_MIN_RUN_FACTOR = 10
+
+
+def _resolve_cpu_precision(device: torch.device, cpu_precision: str | None, amp_cpu: bool, channels_last: bool) -> str:
+    """The run's ``cpu_precision``: itself, or (``None``) the earlier pair ``amp_cpu`` / ``channels_last``."""
+    if cpu_precision is None:
+        return cpu_precisions.legacy_cpu_precision(bool(amp_cpu), bool(channels_last))
+    cpu_precisions.check_cpu_precision(cpu_precision)
+    if amp_cpu and cpu_precision in ("fp32", "fp32_cl") and device.type == "cpu":
+        raise ValueError(
+            f"amp_cpu = True asks for bf16 autocast on the CPU but cpu_precision = {cpu_precision!r}; "
+            "cpu_precision replaces amp_cpu: leave amp_cpu False."
+        )
+    return cpu_precision
 
 
 class PLGDFTrainer(SupervisedTrainer):
@@ -69,10 +99,22 @@ class PLGDFTrainer(SupervisedTrainer):
             the end of the ramp-up) or ``"confidence"`` (the teacher's mean confidence over the unlabelled voxels,
             rescaled from ``1/C..1`` to ``0..1``). Default ``"none"``.
         amp: autocast on CUDA (ignored on CPU). ``amp_dtype``: "bfloat16" or "float16" (with a GradScaler).
-        amp_cpu: bfloat16 autocast on CPU (a numerics change, off by default; fast only on CPUs with native bf16
-            instructions such as AVX512-BF16 or AMX, slower than fp32 elsewhere: measure with
-            ``python -m scripts.bench_speed --precision bf16``).
-        channels_last: run the networks in ``torch.channels_last_3d`` memory format.
+        cpu_precision: numerics and memory layout on the CPU (ignored on CUDA): ``"fp32"``, ``"fp32_cl"``
+            (``torch.channels_last_3d``), ``"bf16"``, ``"bf16_cl"`` (bfloat16 autocast; fast only on CPUs with
+            native bf16) or ``"auto"`` (the fastest of those, timed before the first step on this run's shapes;
+            :meth:`prepare_step`). ``None`` (default) takes the earlier pair ``amp_cpu`` / ``channels_last``
+            (:func:`bundle.engine.precision.legacy_cpu_precision`).
+        amp_cpu: earlier form of ``cpu_precision="bf16..."``: bfloat16 autocast on CPU. Default False.
+        channels_last: ``torch.channels_last_3d`` memory format on CUDA; on the CPU, with ``cpu_precision=None``,
+            the earlier form of ``"fp32_cl"``. Default False.
+        compile: ``torch.compile`` the student and the teacher (in place, before the first step; results differ
+            from eager only by float rounding). Default False.
+        probe_steps: timed trainer steps per candidate of ``cpu_precision="auto"`` (after one warm-up step).
+            The probe is skipped (with a log line, keeping ``"fp32_cl"``) when the run has fewer than
+            ``PROBE_MIN_RUN_FACTOR`` (10) times the probe's steps left. Default 2.
+        on_precision: called once, before the first step, with the precision report (setting, choice, CPU flags,
+            the probe's seconds per step of each candidate), e.g. to record it in ``run_settings.json``.
+            Default None.
         epoch_length, non_blocking, train_handlers, key_train_metric, postprocessing: as in SupervisedTrainer.
 
     ``schedule_start`` (0) is the number of iterations the student had before this run: ``t``, the iteration of
@@ -104,8 +146,12 @@ class PLGDFTrainer(SupervisedTrainer):
         semi_warmup: str = "none",
         amp: bool = False,
         amp_dtype: str = "bfloat16",
+        cpu_precision: str | None = None,
         amp_cpu: bool = False,
         channels_last: bool = False,
+        compile: bool = False,
+        probe_steps: int = 2,
+        on_precision: Callable[[dict[str, Any]], Any] | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = True,
         train_handlers: Sequence | None = None,
@@ -138,7 +184,6 @@ class PLGDFTrainer(SupervisedTrainer):
         if use_amp and amp_dtype == "bfloat16":
             self.scaler = None
         self.use_amp = use_amp
-        self.amp_cpu = bool(amp_cpu) and device.type == "cpu"
         self.unlabeled_loader = unlabeled_loader
         self.unlabeled_iter = iter(unlabeled_loader) if unlabeled_loader is not None else None
         self.use_unlabeled = self.unlabeled_iter is not None and (semi or consistency or sharpening)
@@ -157,11 +202,203 @@ class PLGDFTrainer(SupervisedTrainer):
         self.semi, self.consistency, self.sharpening = semi, consistency, sharpening
         self.semi_on_clean, self.semi_warmup = bool(semi_on_clean), semi_warmup
         self._confidence: torch.Tensor | None = None  # the teacher's mean confidence of this iteration
-        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        if channels_last:
-            self.network.to(memory_format=self.memory_format)
-            if teacher is not None:
-                teacher.model.to(memory_format=self.memory_format)
+        if probe_steps < 1:
+            raise ValueError(f"probe_steps must be >= 1, got {probe_steps}")
+        self.compile, self.probe_steps, self.on_precision = bool(compile), int(probe_steps), on_precision
+        self._prepared = False
+        self.precision_report: dict[str, Any] = {}
+        self.cpu_precision_setting = _resolve_cpu_precision(device, cpu_precision, amp_cpu, channels_last)
+        self.cpu_precision: cpu_precisions.CpuPrecision | None = None  # the CPU's precision in use (None on CUDA)
+        self.memory_format = torch.contiguous_format
+        if device.type == "cpu":
+            initial = self.cpu_precision_setting
+            if initial == "auto":  # until prepare_step has timed the candidates: today's default, or the DDP layout
+                wrapped = self.network is not unwrap_model(self.network)
+                keep = cpu_precisions.module_memory_format(unwrap_model(self.network))
+                initial = "fp32" if wrapped and keep == torch.contiguous_format else "fp32_cl"
+            self._apply_cpu_precision(initial)
+        elif channels_last:
+            self._set_memory_format(torch.channels_last_3d, "channels_last")
+
+    def _set_memory_format(self, memory_format: torch.memory_format, setting: str) -> None:
+        """Put the student and the teacher in ``memory_format``; a DDP-wrapped student must already be in it."""
+        student = unwrap_model(self.network)
+        current = cpu_precisions.module_memory_format(student)
+        if self.network is not student and current != memory_format:
+            raise ValueError(
+                f"{setting} asks for {memory_format}, but the student was wrapped in DistributedDataParallel in "
+                f"{current} and a wrapped network cannot change its layout: choose a setting with that layout, or set "
+                "channels_last in configs/multi_gpu_train.json (it converts the network before wrapping)."
+            )
+        self.memory_format = memory_format
+        student.to(memory_format=memory_format)
+        if self.teacher is not None:
+            self.teacher.model.to(memory_format=memory_format)
+
+    def _apply_cpu_precision(self, name: str) -> None:
+        """Use the explicit CPU precision ``name``: its autocast in every forward pass and its memory layout."""
+        self.cpu_precision = cpu_precisions.CpuPrecision(name)
+        self._set_memory_format(self.cpu_precision.memory_format, f"cpu_precision {name!r}")
+
+    # -- before the first step ------------------------------------------------------------------
+    def prepare_step(self, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Settle the CPU precision and compile the networks, once, before the first step (the first
+        :meth:`_iteration` calls it; a benchmark may call it first). Returns the precision report, also given to
+        ``on_precision``.
+
+        ``cpu_precision="auto"`` times ``1 + probe_steps`` real trainer steps (teacher pseudo-labels, mix, student
+        forward, all loss terms, backward, SGD and EMA) of each candidate on synthetic tensors of the shapes of
+        ``batchdata`` (and of the unlabelled batch), then restores the student, the teacher, the optimizer state and
+        every RNG, so the run goes on exactly as if the chosen precision had been set explicitly. No data is drawn
+        from the loaders and no handler sees the probe's steps.
+
+        Args:
+            batchdata: the first labelled batch (``image`` ``(B, C, H, W, D)``, ``label``); only its shapes are used.
+        """
+        if self._prepared:
+            return self.precision_report
+        self._prepared = True
+        device = torch.device(self.state.device)
+        report: dict[str, Any] = {"setting": self.cpu_precision_setting, "device": device.type}
+        if device.type != "cpu":
+            amp = f"{self.amp_kwargs['dtype']} autocast" if self.use_amp else "no autocast"
+            report.update(chosen=None, ignored=f"on {device.type} amp decides ({amp})")
+            logger.info(
+                f"cpu_precision {self.cpu_precision_setting!r} is ignored on {device.type}: amp decides ({amp})."
+            )
+        else:
+            flags = cpu_precisions.cpu_flags()
+            report.update(cpu=cpu_precisions.cpu_model(), flags=flags, native_bf16=cpu_precisions.native_bf16(flags))
+            if self.cpu_precision_setting == "auto":
+                report.update(self._probe(batchdata, report["native_bf16"]))
+            elif self.cpu_precision.bf16:
+                check = self._bf16_check(batchdata, self.cpu_precision.memory_format)
+                report["bf16_check"] = {self.cpu_precision.name: check}
+                if not check["ok"]:
+                    raise RuntimeError(
+                        f"cpu_precision {self.cpu_precision.name!r}: bf16 convolutions compute wrong results on this "
+                        f"CPU at this run's shapes ({check['worst']}: relative error {check['max_relative_error']:.3g} "
+                        f"against float32; a bf16 kernel problem of this CPU and torch build). Use 'fp32_cl', or "
+                        "'auto' (which leaves bf16 out here)."
+                    )
+            report["chosen"] = self.cpu_precision.name
+            if self.cpu_precision_setting != "auto":
+                logger.info(f"cpu_precision {report['chosen']} (CPU {report['cpu']}; flags {'|'.join(flags) or '-'})")
+        if self.compile:
+            for module in (unwrap_model(self.network), self.teacher.model if self.teacher is not None else None):
+                if module is not None:
+                    cpu_precisions.compile_network(module, device)
+            report["compile"] = True
+            logger.info("compile: student and teacher compiled with torch.compile (the first steps compile them).")
+        self.precision_report = report
+        if self.on_precision is not None:
+            self.on_precision(report)
+        return report
+
+    def _probe(self, batchdata: dict[str, torch.Tensor], bf16_native: bool) -> dict[str, Any]:
+        """``cpu_precision="auto"``: time the candidates, keep the fastest; the report's probe entries."""
+        wrapped = self.network is not unwrap_model(self.network)
+        layouts = [cpu_precisions.module_memory_format(unwrap_model(self.network))] if wrapped else None
+        candidates = cpu_precisions.probe_candidates(bf16_native, layouts)
+        probe_iterations = len(candidates) * (1 + self.probe_steps)
+        left = None
+        if self.state.epoch_length is not None and self.state.max_epochs is not None:
+            left = self.state.max_epochs * self.state.epoch_length - max(self.state.iteration - 1, 0)
+        if left is not None and left < PROBE_MIN_RUN_FACTOR * probe_iterations:
+            logger.info(
+                f"cpu_precision auto: probe skipped, the run has {left} iterations left, fewer than "
+                f"{PROBE_MIN_RUN_FACTOR} x the probe's {probe_iterations}; using {self.cpu_precision.name}."
+            )
+            return {"probe": f"skipped: {left} iterations left < {PROBE_MIN_RUN_FACTOR} x {probe_iterations}"}
+        checks = {}
+        for name in [c for c in candidates if cpu_precisions.CpuPrecision(c).bf16]:
+            checks[name] = self._bf16_check(batchdata, cpu_precisions.CpuPrecision(name).memory_format)
+            if not checks[name]["ok"]:
+                candidates.remove(name)
+                logger.warning(
+                    f"cpu_precision auto: {name} left out, its convolutions are wrong on this CPU at this run's "
+                    f"shapes ({checks[name]['worst']}: relative error {checks[name]['max_relative_error']:.3g})."
+                )
+        found: dict[str, Any] = {"bf16_check": checks} if checks else {}
+        x_l, y_l = batchdata[Keys.IMAGE], batchdata[Keys.LABEL]
+        generator = torch.Generator().manual_seed(0)  # the synthetic tensors draw nothing from the run's RNGs
+        batch = {
+            Keys.IMAGE: torch.randn(tuple(x_l.shape), generator=generator),
+            Keys.LABEL: torch.randint(0, 2, tuple(y_l.shape), generator=generator).to(y_l.dtype),
+        }
+        n_u = self._unlabeled_rows(x_l.shape[0])
+        x_u = torch.randn((n_u, *x_l.shape[1:]), generator=generator)
+        with self._probe_scope(x_u) as restore:
+
+            def step(name: str) -> None:
+                if self.cpu_precision.name != name:
+                    restore()  # every candidate starts from the run's state
+                    self._apply_cpu_precision(name)
+                self._iteration(self, batch)
+
+            timings = cpu_precisions.time_candidates(candidates, step, warmup=1, steps=self.probe_steps)
+        chosen = cpu_precisions.fastest(timings)
+        self._apply_cpu_precision(chosen)
+        logger.info(
+            f"cpu_precision auto: {', '.join(f'{n} {s:.3f} s' for n, s in timings.items())} per step "
+            f"(labelled {tuple(x_l.shape)} + unlabelled {(n_u, *x_l.shape[1:])}) -> {chosen}"
+        )
+        return {
+            **found,
+            "timings_s": timings,
+            "probe": {
+                "steps": self.probe_steps,
+                "warmup": 1,
+                "labeled_shape": list(x_l.shape),
+                "unlabeled_shape": [n_u, *x_l.shape[1:]],
+            },
+        }
+
+    def _bf16_check(self, batchdata: dict[str, torch.Tensor], memory_format: torch.memory_format) -> dict[str, Any]:
+        """:func:`bundle.engine.precision.bf16_conv_check` of the student at its batch (all rows of a step)."""
+        x_l = batchdata[Keys.IMAGE]
+        rows = x_l.shape[0]
+        if self.use_unlabeled:
+            rows += (self.n_copies + 1) * self._unlabeled_rows(x_l.shape[0])
+        return cpu_precisions.bf16_conv_check(unwrap_model(self.network), (rows, *x_l.shape[1:]), memory_format)
+
+    def _unlabeled_rows(self, n_labeled: int) -> int:
+        """Rows of an unlabelled batch: the loader's ``batch_size`` (also inside an ``EndlessLoader``), else
+        ``n_labeled``."""
+        loader = self.unlabeled_loader
+        size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "loader", None), "batch_size", None)
+        return int(size) if size else int(n_labeled)
+
+    @contextlib.contextmanager
+    def _probe_scope(self, x_u: torch.Tensor) -> Iterator[Callable[[], None]]:
+        """Steps inside run on the unlabelled tensor ``x_u`` and fire no events; yields ``restore()``, which puts
+        back the student and teacher weights and buffers, the optimizer state, every RNG and the engine's output,
+        and is called again on exit."""
+        modules = [unwrap_model(self.network)] + ([self.teacher.model] if self.teacher is not None else [])
+        saved_tensors = [[t.detach().clone() for t in m.state_dict(keep_vars=True).values()] for m in modules]
+        saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
+        saved_rng = rng_state()
+        saved_engine = (self.unlabeled_iter, self.state.output, self._confidence, self.state.iteration)
+
+        def restore() -> None:
+            with torch.no_grad():
+                for module, values in zip(modules, saved_tensors):
+                    for tensor, value in zip(module.state_dict(keep_vars=True).values(), values):
+                        tensor.copy_(value)
+            for p in modules[0].parameters():
+                p.grad = None
+            self.optimizer.load_state_dict(copy.deepcopy(saved_optimizer))
+            set_rng_state(saved_rng)
+
+        self.unlabeled_iter = itertools.repeat(x_u) if self.unlabeled_iter is not None else None
+        self.state.iteration = max(self.state.iteration, 1)  # also when called before the run's first step
+        self.fire_event = lambda *args, **kwargs: None  # the probe's steps are no iterations of the run
+        try:
+            yield restore
+        finally:
+            del self.fire_event
+            restore()
+            self.unlabeled_iter, self.state.output, self._confidence, self.state.iteration = saved_engine
 
     # -- helpers ---------------------------------------------------------------------------------
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,10 +408,13 @@ class PLGDFTrainer(SupervisedTrainer):
     def _noise(self, x: torch.Tensor) -> torch.Tensor:
         return add_noise(x, std=self.noise_std, clip=self.noise_clip)
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The forward passes' autocast: ``amp`` on CUDA, the CPU precision's on the CPU."""
         if self.use_amp:
             return torch.autocast("cuda", **self.amp_kwargs)
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp_cpu)
+        if self.cpu_precision is not None:
+            return self.cpu_precision.autocast()
+        return contextlib.nullcontext()
 
     def next_unlabeled(self) -> torch.Tensor:
         batch = next(self.unlabeled_iter)
@@ -184,6 +424,8 @@ class PLGDFTrainer(SupervisedTrainer):
     def _iteration(self, engine: PLGDFTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
+        if not engine._prepared:
+            engine.prepare_step(batchdata)
         t = engine.schedule_start + engine.state.iteration - 1  # 0-based iteration index for lambda(t) and the EMA
         x_l = engine._to_device(batchdata[Keys.IMAGE])
         y_l = engine._to_device(batchdata[Keys.LABEL]).long()
@@ -212,7 +454,7 @@ class PLGDFTrainer(SupervisedTrainer):
             outputs = _as_list(engine.network(inputs))
             engine.state.output[Keys.PRED] = outputs[0][:n_l]
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            terms = engine._losses(outputs, n_l, y_l, y_hat, t)
+            terms = engine.loss_terms(outputs, n_l, y_l, y_hat, t)
         loss = terms["loss"]
         engine.state.output.update({key: value.detach() for key, value in terms.items()})
         engine.state.output[Keys.LOSS] = loss.detach()
@@ -235,12 +477,35 @@ class PLGDFTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
-    def _losses(
-        self, outputs: list[torch.Tensor], n_l: int, y_l: torch.Tensor, y_hat: torch.Tensor | None, t: int
+    def loss_terms(
+        self, outputs: Sequence[torch.Tensor], n_l: int, y_l: torch.Tensor, y_hat: torch.Tensor | None, t: int
     ) -> dict[str, torch.Tensor]:
-        """All loss terms from the student's outputs over ``[labelled, semi rows, clean unlabelled]``."""
+        """All loss terms from the student's outputs over the rows ``[labelled, semi rows, clean unlabelled]``.
+
+        One :class:`bundle.method.losses.SoftmaxPyramid` of ``outputs`` (all rows) is shared by every term that
+        has ``from_probs`` (the bundle's losses); another loss callable gets its rows of the logits.
+
+        Args:
+            outputs: the student's ``[P1, ..., P4]``, each ``(n_l + n_semi + n_clean, C, H, W, D)``.
+            n_l: labelled rows (first).
+            y_l: labels ``(n_l, [1,] H, W, D)``.
+            y_hat: pseudo-labels of the semi rows ``(n_semi, H, W, D)``, or ``None`` without unlabelled data.
+            t: 0-based iteration (``lambda(t)``).
+
+        Returns:
+            ``loss_sup``, ``loss_semi``, ``loss_consis``, ``loss_sharp``, ``loss`` (their weighted sum) and
+            ``lambda`` (a 0-dim tensor).
+        """
+        outputs = list(outputs)
+        pyramid = SoftmaxPyramid.from_logits(outputs)
+
+        def rows(loss: Callable, start: int, stop: int | None, *args: Any) -> Any:
+            if callable(getattr(loss, "from_probs", None)):
+                return loss.from_probs(pyramid.rows(start, stop), *args)
+            return loss([o[start:stop] for o in outputs], *args)
+
         zero = outputs[0].new_zeros((), dtype=torch.float32)
-        loss_sup, _ = self.loss_function([o[:n_l] for o in outputs], y_l)
+        loss_sup, _ = rows(self.loss_function, 0, n_l, y_l)
         terms = {"loss_sup": loss_sup, "loss_semi": zero, "loss_consis": zero, "loss_sharp": zero}
         weight = float(self.rampup(t)) if self.use_unlabeled else 0.0
         if y_hat is not None:
@@ -248,15 +513,14 @@ class PLGDFTrainer(SupervisedTrainer):
             if self.semi:
                 if self.semi_on_clean:  # the clean rows' targets: the first copy's pseudo-labels (one per image)
                     n_clean = outputs[0].shape[0] - n_l - n_semi
-                    target = torch.cat([y_hat, y_hat[:n_clean]], 0)
-                    terms["loss_semi"], _ = self.loss_function([o[n_l:] for o in outputs], target)
+                    terms["loss_semi"], _ = rows(self.loss_function, n_l, None, torch.cat([y_hat, y_hat[:n_clean]], 0))
                 else:
-                    terms["loss_semi"], _ = self.loss_function([o[n_l : n_l + n_semi] for o in outputs], y_hat)
+                    terms["loss_semi"], _ = rows(self.loss_function, n_l, n_l + n_semi, y_hat)
                 terms["loss_semi"] = terms["loss_semi"] * self._semi_weight(t, outputs[0].shape[1])
             if self.consistency:
-                terms["loss_consis"] = self.consistency_loss([o[n_l:] for o in outputs])
+                terms["loss_consis"] = rows(self.consistency_loss, n_l, None)
             if self.sharpening:
-                terms["loss_sharp"] = self.sharpening_loss([o[n_l + n_semi :] for o in outputs])
+                terms["loss_sharp"] = rows(self.sharpening_loss, n_l + n_semi, None)
         terms["loss"] = terms["loss_sup"] + terms["loss_semi"] + weight * (terms["loss_sharp"] + terms["loss_consis"])
         terms["lambda"] = torch.tensor(weight)
         return terms

@@ -208,12 +208,22 @@ def test_inference_preprocessing_matches_training():
         "network_def",
         "sw_overlap",
         "sw_mode",
+        "sw_sigma_scale",
+        "sw_average",
     ):
         assert infer[key] == train[key], key
     # validation during training (which picks checkpoint_best.pt) uses the inference default's window
     val = train["validate"]["inferer"]
-    assert val["_target_"] == infer["sliding_window_inferer"]["_target_"] == "SlidingWindowInferer"
-    assert (val["roi_size"], val["overlap"], val["mode"]) == ("@patch_size", "@sw_overlap", "@sw_mode")
+    assert val["_target_"] == infer["inferer"]["_target_"] == "bundle.inference.inferers.ProbabilityInferer"
+    assert val["average"] == infer["inferer"]["average"] == "@sw_average"
+    window = val["inferer"]
+    assert window["_target_"] == infer["sliding_window_inferer"]["_target_"] == "SlidingWindowInferer"
+    assert (window["roi_size"], window["overlap"], window["mode"], window["sigma_scale"]) == (
+        "@patch_size",
+        "@sw_overlap",
+        "@sw_mode",
+        "@sw_sigma_scale",
+    )
     # one preprocessing definition: inference.json repeats train.json's list verbatim (it must stay self-contained
     # for MONAI Label and ckpt_export); only the top-level setting track_meta differs (meta kept for Invertd)
     assert infer["preprocessing"]["transforms"] == train["preprocessing"]

@@ -152,3 +152,58 @@ def test_with_the_bundle_network_in_eval_mode():
         out = StridedSlidingWindowInferer((16, 16, 16), (4, 4, 4), sw_batch_size=2)(x, net)
     assert out.shape == (1, 2, 20, 18, 12)
     torch.testing.assert_close(out.sum(dim=1), torch.ones(1, 20, 18, 12))
+
+
+def test_probability_average_of_monai_windows_equals_the_strided_protocol():
+    """MONAI's windows with constant blending of probabilities = uniform averaging of window softmaxes (same starts);
+    blending logits (the MONAI default) is a different, measurably different, estimate."""
+    from monai.inferers import SlidingWindowInferer
+
+    from bundle.inference.inferers import ProbabilityInferer
+
+    net = _conv_net(out_channels=2)
+    x = torch.randn(1, 1, 20, 14, 11)
+    roi, overlap = (8, 8, 4), [0.5, 0.75, 0.5]  # intervals 4, 2, 2
+    strided = ProbabilityInferer(StridedSlidingWindowInferer(roi, (4, 2, 2), sw_batch_size=3))
+    monai_probs = ProbabilityInferer(
+        SlidingWindowInferer(roi, overlap=overlap, mode="constant"), average="probabilities"
+    )
+    monai_logits = ProbabilityInferer(SlidingWindowInferer(roi, overlap=overlap, mode="constant"))
+    with torch.no_grad():
+        expected, probs, logits = strided(x, net), monai_probs(x, net), monai_logits(x, net)
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(probs.sum(1), torch.ones(()), atol=1e-5)
+    assert (logits - expected).abs().max() > 1e-4
+
+
+def test_probability_average_with_gaussian_weights_is_a_weighted_mean_of_window_softmaxes():
+    from monai.data.utils import compute_importance_map
+    from monai.inferers import SlidingWindowInferer
+
+    from bundle.inference.inferers import ProbabilityInferer
+
+    net = _conv_net(out_channels=2)
+    x = torch.randn(1, 1, 12, 8, 8)
+    roi = (8, 8, 8)  # windows start at 0 and 4 along the first axis only
+    inferer = ProbabilityInferer(
+        SlidingWindowInferer(roi, overlap=0.5, mode="gaussian", sigma_scale=0.5), average="probabilities"
+    )
+    weight = compute_importance_map(roi, mode="gaussian", sigma_scale=0.5).float()
+    with torch.no_grad():
+        got = inferer(x, net)
+        p0, p4 = (torch.softmax(net(x[..., s : s + 8, :, :]), 1)[0] for s in (0, 4))
+    num = torch.zeros(2, 12, 8, 8)
+    den = torch.zeros(1, 12, 8, 8)
+    for start, prob in ((0, p0), (4, p4)):
+        num[:, start : start + 8] += prob * weight
+        den[:, start : start + 8] += weight
+    torch.testing.assert_close(got[0], num / den, atol=1e-5, rtol=1e-4)
+
+
+def test_probability_inferer_rejects_an_unknown_average():
+    from monai.inferers import SlidingWindowInferer
+
+    from bundle.inference.inferers import ProbabilityInferer
+
+    with pytest.raises(ValueError, match="average must be"):
+        ProbabilityInferer(SlidingWindowInferer((8, 8, 8)), average="votes")

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.method.losses import PyramidConsistencyLoss, PyramidSupervisedLoss, SharpeningLoss, one_hot, soft_dice_loss
+from bundle.method.losses import (
+    PyramidConsistencyLoss,
+    PyramidSupervisedLoss,
+    SharpeningLoss,
+    SoftmaxPyramid,
+    one_hot,
+    soft_dice_loss,
+)
 from bundle.method.rampup import ConsistencyRampUp
 
 try:
@@ -224,6 +231,64 @@ def test_sharpening_safe_and_detach():
     assert not torch.allclose(g[0], g[1])
     with pytest.raises(ValueError, match="temperature"):
         SharpeningLoss(temperature=0.0)
+
+
+# --------------------------------------------------------------------------------------------------- shared softmax
+def test_softmax_pyramid_rows_are_views_of_one_log_softmax():
+    torch.manual_seed(0)
+    logits = [torch.randn(6, 3, 4, 4, 2, dtype=torch.bfloat16) for _ in range(2)]
+    pyramid = SoftmaxPyramid.from_logits(logits)
+    assert len(pyramid) == 2 and pyramid.shape == (6, 3, 4, 4, 2)
+    for log_p, p, z in zip(pyramid.log_probs, pyramid.probs, logits):
+        assert log_p.dtype == torch.float32 and torch.equal(log_p, torch.log_softmax(z.float(), dim=1))
+        assert torch.allclose(p, torch.softmax(z.float(), dim=1), atol=1e-7) and torch.equal(p, log_p.exp())
+    rows = pyramid.rows(2, 5)
+    assert rows.shape == (3, 3, 4, 4, 2)
+    assert rows.probs[1].data_ptr() == pyramid.probs[1][2:].data_ptr()  # a view, no copy
+    with pytest.raises(ValueError, match="same shape"):
+        SoftmaxPyramid(pyramid.log_probs, pyramid.probs[:1])
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_terms_on_one_shared_pyramid_equal_each_term_on_its_own_rows(n_classes):
+    """What the trainer does (one pyramid over all rows, each term on its rows) equals each loss on its rows' logits,
+    values and gradients."""
+    torch.manual_seed(n_classes)
+    logits = [torch.randn(8, n_classes, 6, 6, 4) * 3 for _ in range(4)]
+    y_l, y_hat = torch.randint(0, n_classes, (2, 6, 6, 4)), torch.randint(0, n_classes, (4, 6, 6, 4))
+    sup, consis, sharp = PyramidSupervisedLoss(), PyramidConsistencyLoss(), SharpeningLoss()
+    results = []
+    for shared in (False, True):
+        outs = [z.clone().requires_grad_() for z in logits]
+        if shared:
+            pyramid = SoftmaxPyramid.from_logits(outs)
+            terms = [
+                sup.from_probs(pyramid.rows(0, 2), y_l)[0],
+                sup.from_probs(pyramid.rows(2, 6), y_hat)[0],
+                consis.from_probs(pyramid.rows(2)),
+                sharp.from_probs(pyramid.rows(6)),
+            ]
+        else:
+            terms = [
+                sup([o[:2] for o in outs], y_l)[0],
+                sup([o[2:6] for o in outs], y_hat)[0],
+                consis([o[2:] for o in outs]),
+                sharp([o[6:] for o in outs]),
+            ]
+        sum(terms).backward()
+        results.append(([t.item() for t in terms], [o.grad for o in outs]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
+
+
+def test_two_class_sharpening_equals_the_general_form():
+    torch.manual_seed(0)
+    z = torch.randn(2, 2, 5, 5) * 10
+    mask = torch.tensor([[-math.inf, 0.0], [0.0, -math.inf]]).view(1, 2, 2, 1, 1)  # logsumexp over the other class
+    general = torch.sigmoid((z - torch.logsumexp(z.unsqueeze(1) + mask, dim=2)) / 0.1)
+    assert torch.equal(SharpeningLoss().sharpen(z), general)
+    assert torch.allclose(SharpeningLoss().sharpen(torch.log_softmax(z, 1)), general, atol=1e-6)  # shift-invariant
 
 
 # --------------------------------------------------------------------------------------------------- reference vectors

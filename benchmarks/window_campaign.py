@@ -1,0 +1,208 @@
+"""The inference default against the paper's stride on every campaign checkpoint (``docs/results/window_summary.json``).
+
+For each trained campaign run (``<campaign-root>/labels<N>/<arm>/seed<k>/eval_models/<model>_<which>.pt``) the
+LA-lite validation cases are scored with each window setting (:func:`benchmarks.window_study.compare_windows`: Dice,
+seconds per volume of the inferer alone, forward passes), all in one process over one preprocessing of the cases;
+peak memory per setting is that of a fresh process running the setting once on the largest validation volume
+(:func:`benchmarks.window_study.peak_memory_gb`). The paper's full-resolution configuration (215x140x88 volume,
+V-Net 16, 112x112x80 window; random weights: speed and memory only) is timed the same way.
+
+``default`` is read from ``configs/inference.json`` (``sw_overlap``, ``sw_mode``, ``sw_sigma_scale``,
+``sw_average``), so the summary always describes what users run. Results are written after every checkpoint and a
+rerun skips the checkpoints already scored (``--resume``). Command: ``python -m scripts.la_lite window-summary``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.window_study import build_inferer, compare_windows, peak_memory_gb, prepare_cases
+from bundle.engine.files import write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_LA_LITE = {"stride": [9, 9, 2]}  # 18x18x4 at 0.625 mm = 9x9x2 at 1.25 mm
+PAPER_FULL = {"stride": [18, 18, 4]}
+FULL_VOLUME, FULL_ROI, FULL_WIDTH = (215, 140, 88), (112, 112, 80), 16
+MODELS = ("student_best", "teacher_best")
+
+__all__ = ["default_setting", "find_checkpoints", "full_resolution", "window_summary"]
+
+
+def default_setting(config: str | os.PathLike = ROOT / "configs" / "inference.json") -> dict[str, Any]:
+    """The sliding window of ``config`` as a :mod:`benchmarks.window_study` setting."""
+    cfg = json.loads(Path(config).read_text(encoding="utf-8"))
+    return {
+        "overlap": cfg["sw_overlap"],
+        "mode": cfg["sw_mode"],
+        "sigma": cfg.get("sw_sigma_scale", 0.125),
+        "average": cfg.get("sw_average", "logits"),
+    }
+
+
+def find_checkpoints(campaign_root: str | os.PathLike, models: Sequence[str] = MODELS) -> dict[str, Path]:
+    """``{"plgdf-4/seed0/best/student": path}`` for every finished campaign run's exported ``models``."""
+    found = {}
+    for path in sorted(Path(campaign_root).glob("labels*/*/seed*/eval_models/*.pt")):
+        if path.stem not in models:
+            continue
+        model, which = path.stem.split("_", 1)
+        seed_dir = path.parents[1]
+        arm, labels = seed_dir.parent.name, seed_dir.parents[1].name.removeprefix("labels")
+        found[f"{arm}-{labels}/{seed_dir.name}/{which}/{model}"] = path
+    return found
+
+
+def _timed(setting: Mapping[str, Any], x: torch.Tensor, net: torch.nn.Module, roi: Sequence[int], repeats: int) -> dict:
+    inferer = build_inferer(setting, roi)
+    seen = {"n": 0}
+
+    def counting(t: torch.Tensor) -> torch.Tensor:
+        seen["n"] += t.shape[0]
+        return net(t)
+
+    times = []
+    for _ in range(max(1, repeats)):
+        seen["n"] = 0
+        start = time.perf_counter()
+        with torch.no_grad():
+            inferer(x, counting)
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "forwards": seen["n"], "repeats": len(times)}
+
+
+def full_resolution(default: Mapping[str, Any], repeats: int = 2, memory: bool = True) -> dict[str, Any]:
+    """Seconds, forward passes and peak memory of ``default`` and the paper's stride at the paper's LA configuration
+    (random V-Net 16 weights, one random 215x140x88 volume; one warm-up run of each first)."""
+    torch.manual_seed(0)
+    from bundle.method.networks import PLGDFVNet
+
+    net = PLGDFVNet(1, 2, n_filters=FULL_WIDTH, dropout=True).eval()
+    x = torch.randn(1, 1, *FULL_VOLUME)
+    out: dict[str, Any] = {"volume": list(FULL_VOLUME), "roi": list(FULL_ROI), "n_filters": FULL_WIDTH}
+    for name, setting in (("default", default), ("paper_stride", PAPER_FULL)):
+        _timed(setting, x, net, FULL_ROI, 1)  # warm-up
+        row = _timed(setting, x, net, FULL_ROI, repeats)
+        row["setting"] = dict(setting)
+        if memory:
+            row["peak_gb"] = peak_memory_gb(setting, FULL_VOLUME, FULL_ROI, FULL_WIDTH)
+        out[name] = row
+        print(f"[windows] full resolution, {name}: {row['seconds']:.1f} s, {row['forwards']} windows", flush=True)
+    out["speedup"] = out["paper_stride"]["seconds"] / out["default"]["seconds"]
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    model, flags = platform.processor(), ""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        model = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
+        cpu_flags = next(ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags"))
+        flags = "|".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags)
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": model, "flags": flags, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def window_summary(
+    campaign_root: str | os.PathLike,
+    entries: Sequence[Mapping[str, Any]],
+    out_file: str | os.PathLike,
+    overrides: Mapping[str, Any],
+    configs: Sequence[str | os.PathLike],
+    models: Sequence[str] = MODELS,
+    extra_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    repeats: int = 1,
+    resume: bool = True,
+    full: bool = True,
+    command: str = "",
+) -> dict[str, Any]:
+    """Score ``default`` and the paper's stride (and ``extra_settings``) on every campaign checkpoint.
+
+    Returns (and writes to ``out_file`` after each checkpoint) ``{"checkpoints": [{"name", "default": {"dice",
+    "seconds", "forwards", "peak_gb"}, "paper_stride": {...}, ...}], "full_resolution", "targets", "machine",
+    "date", "command"}``; Dice in percent, seconds per volume (median over cases).
+    """
+    out_file = Path(out_file)
+    checkpoints = find_checkpoints(campaign_root, models)
+    if not checkpoints:
+        raise FileNotFoundError(f"{campaign_root}: no finished campaign run with {list(models)} in eval_models/.")
+    default = default_setting(configs[0])
+    settings = {"default": default, "paper_stride": PAPER_LA_LITE, **dict(extra_settings or {})}
+    previous = json.loads(out_file.read_text(encoding="utf-8")) if resume and out_file.is_file() else {}
+    rows = {r["name"]: r for r in previous.get("checkpoints", []) if r.get("default", {}).get("setting") == default}
+    cases = prepare_cases(entries, configs, overrides)
+    for name, path in checkpoints.items():
+        if name in rows and all(s in rows[name] for s in settings):
+            print(f"[windows] {name}: already scored, skipped", flush=True)
+            continue
+        print(f"[windows] {name} ({path})", flush=True)
+        res = compare_windows(path, entries, configs, settings, overrides, "paper_stride", repeats, cases)
+        rows[name] = {"name": name, "checkpoint": str(path)}
+        for key, r in res["settings"].items():
+            rows[name][key] = {
+                "dice": round(100 * r["dice_mean"], 2),
+                "dice_per_case": [round(100 * d, 2) for d in r["dice_per_case"]],
+                "seconds": round(r["seconds_per_volume"], 3),
+                "forwards": r["windows_per_volume"],
+                "setting": r["setting"],
+            }
+        _write(out_file, rows, previous, settings, command)
+    largest = max((tuple(c[1].shape[2:]) for c in cases), key=lambda s: s[0] * s[1] * s[2])
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    for key, value in overrides.items():
+        parser[key] = value
+    roi, width = [int(r) for r in parser.get_parsed_content("patch_size")], int(parser.get_parsed_content("n_filters"))
+    for key, setting in settings.items():
+        peak = round(peak_memory_gb(setting, largest, roi, width), 3)
+        for row in rows.values():
+            if key in row:
+                row[key]["peak_gb"] = peak
+    previous["peak_volume"] = list(largest)
+    if full:
+        previous["full_resolution"] = full_resolution(default)
+    return _write(out_file, rows, previous, settings, command)
+
+
+def _write(
+    out_file: Path, rows: Mapping[str, Any], previous: dict[str, Any], settings: Mapping[str, Any], command: str
+) -> dict[str, Any]:
+    checks = []
+    for row in rows.values():
+        if "default" in row and "paper_stride" in row:
+            d, p = row["default"], row["paper_stride"]
+            row["speedup"] = round(p["seconds"] / d["seconds"], 2) if d["seconds"] > 0 else None
+            row["dice_minus_paper"] = round(d["dice"] - p["dice"], 2)
+            checks.append(row["dice_minus_paper"] >= -0.5 and (row["speedup"] or 0) >= 5.0)
+    full = previous.get("full_resolution")
+    summary = {
+        "description": "LA-lite validation (8 cases, 1.25 mm): the inference default vs the paper's stride per "
+        "campaign checkpoint; Dice in percent, seconds per volume of the inferer alone (median over cases), "
+        "forwards per volume, peak_gb of a fresh process running the setting once on the largest validation volume.",
+        "settings": {k: dict(v) for k, v in settings.items()},
+        "checkpoints": list(rows.values()),
+        "peak_volume": previous.get("peak_volume"),
+        "full_resolution": full,
+        "targets": {
+            "every_checkpoint_5x_and_within_0.5_dice": bool(checks) and all(checks),
+            "checkpoints_meeting": f"{sum(checks)}/{len(checks)}",
+            "full_resolution_5x": bool(full and full["speedup"] >= 5.0),
+        },
+        "machine": _machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": command,
+    }
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_file, summary, indent=1)
+    return summary

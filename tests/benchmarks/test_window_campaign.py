@@ -1,0 +1,79 @@
+"""The window summary over campaign checkpoints: discovery, the default read from inference.json, resume, targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from test_window_study import cases  # noqa: F401  (fixture: two NIfTI cases, a preset with a threshold network)
+
+from benchmarks.window_campaign import default_setting, find_checkpoints, window_summary
+
+
+def _campaign(tmp_path):
+    root = tmp_path / "campaign"
+    for arm, seed in (("plgdf", 0), ("supervised", 1)):
+        models = root / "labels4" / arm / f"seed{seed}" / "eval_models"
+        models.mkdir(parents=True)
+        for name in ("student_best", "teacher_best", "student_last", "student_best_bn"):
+            torch.save({}, models / f"{name}.pt")
+    return root
+
+
+def test_find_checkpoints_names_arm_budget_seed_checkpoint_and_model(tmp_path):
+    found = find_checkpoints(_campaign(tmp_path))
+    assert sorted(found) == [
+        "plgdf-4/seed0/best/student",
+        "plgdf-4/seed0/best/teacher",
+        "supervised-4/seed1/best/student",
+        "supervised-4/seed1/best/teacher",
+    ]
+    assert found["plgdf-4/seed0/best/student"].name == "student_best.pt"
+    assert list(find_checkpoints(_campaign(tmp_path / "x"), ("student_last",))) == [
+        "plgdf-4/seed0/last/student",
+        "supervised-4/seed1/last/student",
+    ]
+
+
+def test_default_setting_follows_the_inference_config():
+    cfg = json.loads((REPO_ROOT / "configs" / "inference.json").read_text())
+    setting = default_setting()
+    assert setting == {
+        "overlap": cfg["sw_overlap"],
+        "mode": cfg["sw_mode"],
+        "sigma": cfg["sw_sigma_scale"],
+        "average": cfg["sw_average"],
+    }
+
+
+def test_window_summary_scores_every_checkpoint_and_resumes(tmp_path, cases, monkeypatch):  # noqa: F811
+    entries, configs, _ = cases
+    root = _campaign(tmp_path)
+    out = tmp_path / "window_summary.json"
+    overrides = {"bundle_root": str(REPO_ROOT)}
+    summary = window_summary(root, entries, out, overrides, configs, models=("student_best",), full=False)
+    assert json.loads(out.read_text()) == summary
+    names = [row["name"] for row in summary["checkpoints"]]
+    assert names == ["plgdf-4/seed0/best/student", "supervised-4/seed1/best/student"]
+    for row in summary["checkpoints"]:
+        # the threshold network is right whatever the window: Dice 100 for both protocols, so only speed can fail
+        assert row["default"]["dice"] == row["paper_stride"]["dice"] == 100.0
+        assert row["paper_stride"]["forwards"] > row["default"]["forwards"] > 0
+        assert row["default"]["peak_gb"] > 0 and row["dice_minus_paper"] == 0
+    assert summary["targets"]["checkpoints_meeting"].endswith("/2")
+    assert summary["machine"]["cpu"] and summary["full_resolution"] is None
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a scored checkpoint was scored again")
+
+    monkeypatch.setattr("benchmarks.window_campaign.compare_windows", fail)
+    again = window_summary(root, entries, out, overrides, configs, models=("student_best",), full=False)
+    assert [row["name"] for row in again["checkpoints"]] == names
+
+
+def test_window_summary_without_runs_says_so(tmp_path, cases):  # noqa: F811
+    entries, configs, _ = cases
+    with pytest.raises(FileNotFoundError, match="no finished campaign run"):
+        window_summary(tmp_path, entries, tmp_path / "s.json", {}, configs)
