@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     proto.add_argument("--roi", type=int, nargs=3, help="window size (default: the config's patch_size)")
     proto.add_argument("--stride", type=int, nargs=3, help="paper protocol stride (default 18 18 4 / 16 16 16)")
-    proto.add_argument("--overlap", type=float, help="monai protocol overlap (default: config, 0.5)")
+    proto.add_argument(
+        "--overlap", type=float, nargs="+", help="monai protocol overlap, one value or one per axis (default: config)"
+    )
     proto.add_argument("--mode", choices=["constant", "gaussian"], help="monai protocol blending")
     proto.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
     proto.add_argument("--tta", action="store_true", help="flip test-time augmentation (monai protocol)")
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         protocol=args.protocol,
         roi_size=args.roi,
         stride=args.stride,
-        overlap=args.overlap,
+        overlap=args.overlap[0] if args.overlap and len(args.overlap) == 1 else args.overlap,
         mode=args.mode,
         sw_batch_size=args.sw_batch_size,
         space=args.space,

@@ -84,3 +84,15 @@ def test_mistyped_setting_stops_the_run_before_anything_is_written(tmp_path):
     assert "--num_iteration: not a setting" in proc.stderr and "num_iterations" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint_last.pt"]  # no run_settings.json, no log
     assert hashlib.sha256((out / "checkpoint_last.pt").read_bytes()).hexdigest() == before
+
+
+def test_window_settings_take_one_value_or_one_per_axis():
+    assert (
+        check_settings({"sw_overlap": [0.66, 0.66, 0.75], "sw_sigma_scale": 0.5, "sw_average": "probabilities"}) == []
+    )
+    assert check_settings({"sw_overlap": 0.5, "sw_sigma_scale": [0.5, 0.5, 1.0], "sw_average": "logits"}) == []
+    errors = check_settings({"sw_overlap": [0.5, 0.5], "sw_sigma_scale": 0, "sw_average": "votes"})
+    assert len(errors) == 3
+    assert "sw_overlap = [0.5, 0.5]" in errors[0] and "list of three" in errors[0]
+    assert any("sw_sigma_scale" in e and "> 0" in e for e in errors)
+    assert any("sw_average" in e and "'probabilities'" in e for e in errors)
