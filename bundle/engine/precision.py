@@ -468,8 +468,20 @@ def compile_network(module: nn.Module, device: str | torch.device = "cpu") -> nn
     reason = compile_unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"compile = True: {reason}.")
-    import torch._inductor.config as inductor_config
+    import locale
 
+    # torch's inductor reads its kernel templates at import with the locale's encoding; a library that set the C
+    # locale (ASCII) in this process makes that import fail, so import it under a UTF-8 LC_CTYPE
+    previous = locale.setlocale(locale.LC_CTYPE)
+    try:
+        try:
+            locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+        except locale.Error:
+            pass
+        import torch._inductor.config as inductor_config
+        import torch._inductor.select_algorithm  # noqa: F401  (the templates)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
     inductor_config.fallback_random = True
     module.compile()
     return module

@@ -57,6 +57,16 @@ SEMI_WARMUPS = ("none", "rampup", "confidence")
 PROBE_MIN_RUN_FACTOR = 10
 
 
+def _shares_softmax(loss: Any) -> bool:
+    """True if ``loss`` computes from a shared :class:`SoftmaxPyramid`: it has ``from_probs`` and its ``forward`` is
+    the one of the class that defines ``from_probs`` (a subclass that overrides only ``forward`` must be called)."""
+    cls = type(loss)
+    owner = next((c for c in cls.__mro__ if "from_probs" in c.__dict__), None)
+    if owner is None or not callable(getattr(loss, "from_probs", None)):
+        return False
+    return getattr(cls, "forward", None) is getattr(owner, "forward", None)
+
+
 def _resolve_cpu_precision(device: torch.device, cpu_precision: str | None, amp_cpu: bool, channels_last: bool) -> str:
     """The run's ``cpu_precision``: itself, or (``None``) the earlier pair ``amp_cpu`` / ``channels_last``."""
     if cpu_precision is None:
@@ -483,7 +493,8 @@ class PLGDFTrainer(SupervisedTrainer):
         """All loss terms from the student's outputs over the rows ``[labelled, semi rows, clean unlabelled]``.
 
         One :class:`bundle.method.losses.SoftmaxPyramid` of ``outputs`` (all rows) is shared by every term that
-        has ``from_probs`` (the bundle's losses); another loss callable gets its rows of the logits.
+        has ``from_probs`` (the bundle's losses); another loss callable, or a subclass that overrides ``forward``
+        (its ``forward`` defines the term), gets its rows of the logits.
 
         Args:
             outputs: the student's ``[P1, ..., P4]``, each ``(n_l + n_semi + n_clean, C, H, W, D)``.
@@ -500,7 +511,7 @@ class PLGDFTrainer(SupervisedTrainer):
         pyramid = SoftmaxPyramid.from_logits(outputs)
 
         def rows(loss: Callable, start: int, stop: int | None, *args: Any) -> Any:
-            if callable(getattr(loss, "from_probs", None)):
+            if _shares_softmax(loss):
                 return loss.from_probs(pyramid.rows(start, stop), *args)
             return loss([o[start:stop] for o in outputs], *args)
 

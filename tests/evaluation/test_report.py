@@ -135,6 +135,7 @@ def test_protocol_helpers():
     desc = describe_inferer(ProbabilityInferer(StridedSlidingWindowInferer((112, 112, 80), (18, 18, 4)), [[0]]))
     assert desc == {
         "flip_tta_axes": [[0]],
+        "average": "probabilities",
         "name": "StridedSlidingWindowInferer",
         "roi_size": [112, 112, 80],
         "stride": [18, 18, 4],

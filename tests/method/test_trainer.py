@@ -160,3 +160,20 @@ def test_semi_warmup_scales_l_semi_only(full: dict, warmup: str) -> None:
         assert float(out[other]) == pytest.approx(float(full["out"][other]), rel=1e-6), other
     with pytest.raises(ValueError, match="semi_warmup must be one of"):
         _step(semi_warmup="linear")
+
+
+def test_a_loss_subclass_that_overrides_forward_is_called_not_bypassed():
+    """The shared softmax is used only where ``forward`` is the ``from_probs`` class's own: a subclass that changes
+    ``forward`` (a user's variant of a term) must be called, or its change would be silently ignored."""
+    from bundle.method.losses import SharpeningLoss
+    from bundle.method.trainer import _shares_softmax
+
+    class Doubled(SharpeningLoss):
+        def forward(self, logits):
+            return 2 * super().forward(logits)
+
+    class Renamed(SharpeningLoss):
+        pass
+
+    assert _shares_softmax(SharpeningLoss()) and _shares_softmax(Renamed())
+    assert not _shares_softmax(Doubled()) and not _shares_softmax(lambda x: x)
