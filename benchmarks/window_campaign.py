@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from benchmarks.window_study import build_inferer, compare_windows, peak_memory_gb, prepare_cases
+from benchmarks.campaign import machine_info
+from benchmarks.window_study import compare_windows, peak_memory_gb, prepare_cases
 from bundle.engine.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,55 +59,24 @@ def find_checkpoints(campaign_root: str | os.PathLike, models: Sequence[str] = M
     return found
 
 
-def _timed(setting: Mapping[str, Any], x: torch.Tensor, net: torch.nn.Module, roi: Sequence[int], repeats: int) -> dict:
-    inferer = build_inferer(setting, roi)
-    seen = {"n": 0}
+def full_resolution(repeats: int = 2, memory: bool = True) -> dict[str, Any]:
+    """Seconds, forward passes and peak memory of the default window and the paper's stride at the paper's LA
+    configuration (:func:`benchmarks.speed.bench_inference`: random V-Net 16 weights, one random 215x140x88 volume,
+    one warm-up run first, both in the same process)."""
+    from benchmarks.speed import bench_inference
 
-    def counting(t: torch.Tensor) -> torch.Tensor:
-        seen["n"] += t.shape[0]
-        return net(t)
-
-    times = []
-    for _ in range(max(1, repeats)):
-        seen["n"] = 0
-        start = time.perf_counter()
-        with torch.no_grad():
-            inferer(x, counting)
-        times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "forwards": seen["n"], "repeats": len(times)}
-
-
-def full_resolution(default: Mapping[str, Any], repeats: int = 2, memory: bool = True) -> dict[str, Any]:
-    """Seconds, forward passes and peak memory of ``default`` and the paper's stride at the paper's LA configuration
-    (random V-Net 16 weights, one random 215x140x88 volume; one warm-up run of each first)."""
-    torch.manual_seed(0)
-    from bundle.method.networks import PLGDFVNet
-
-    net = PLGDFVNet(1, 2, n_filters=FULL_WIDTH, dropout=True).eval()
-    x = torch.randn(1, 1, *FULL_VOLUME)
+    res = bench_inference(
+        "cpu", FULL_VOLUME, FULL_ROI, stride=PAPER_FULL["stride"], n_filters=FULL_WIDTH, repeats=repeats
+    )
     out: dict[str, Any] = {"volume": list(FULL_VOLUME), "roi": list(FULL_ROI), "n_filters": FULL_WIDTH}
-    for name, setting in (("default", default), ("paper_stride", PAPER_FULL)):
-        _timed(setting, x, net, FULL_ROI, 1)  # warm-up
-        row = _timed(setting, x, net, FULL_ROI, repeats)
-        row["setting"] = dict(setting)
+    for name, key, setting in (("default", "default", default_setting()), ("paper_stride", "paper", PAPER_FULL)):
+        row = {"seconds": res[key]["seconds_per_volume"], "forwards": res[key]["windows"], "setting": dict(setting)}
         if memory:
             row["peak_gb"] = peak_memory_gb(setting, FULL_VOLUME, FULL_ROI, FULL_WIDTH)
         out[name] = row
         print(f"[windows] full resolution, {name}: {row['seconds']:.1f} s, {row['forwards']} windows", flush=True)
-    out["speedup"] = out["paper_stride"]["seconds"] / out["default"]["seconds"]
+    out["speedup"] = res["speedup_default_vs_paper"]
     return out
-
-
-def _machine() -> dict[str, Any]:
-    model, flags = platform.processor(), ""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-        model = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
-        cpu_flags = next(ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags"))
-        flags = "|".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags)
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": model, "flags": flags, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def window_summary(
@@ -171,7 +138,7 @@ def window_summary(
                 row[key]["peak_gb"] = peak
     previous["peak_volume"] = list(largest)
     if full:
-        previous["full_resolution"] = full_resolution(default)
+        previous["full_resolution"] = full_resolution()
     return _write(out_file, rows, previous, settings, command)
 
 
@@ -199,7 +166,7 @@ def _write(
             "checkpoints_meeting": f"{sum(checks)}/{len(checks)}",
             "full_resolution_5x": bool(full and full["speedup"] >= 5.0),
         },
-        "machine": _machine(),
+        "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d"),
         "command": command,
     }

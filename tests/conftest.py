@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PLGDF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -82,3 +83,12 @@ def config_content(name: str, config: str = "configs/inference.json", **override
     for key, value in overrides.items():
         parser[key] = value
     return parser.get_parsed_content(name)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (timings and probes that must not depend on the machine's cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,13 +13,7 @@ from conftest import REPO_ROOT, bundle_env
 from benchmarks import speed
 from bundle.inference.inferers import count_windows
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # timings and probes on one torch thread
 
 
 @pytest.mark.parametrize("labeled, unlabeled, rows", [(2, 2, (8, 4)), (1, 1, (4, 2))])

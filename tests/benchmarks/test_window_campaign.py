@@ -78,3 +78,17 @@ def test_window_summary_without_runs_says_so(tmp_path, cases):  # noqa: F811
     entries, configs, _ = cases
     with pytest.raises(FileNotFoundError, match="no finished campaign run"):
         window_summary(tmp_path, entries, tmp_path / "s.json", {}, configs)
+
+
+def test_full_resolution_times_the_default_against_the_paper_stride(monkeypatch):
+    import benchmarks.window_campaign as wc
+
+    monkeypatch.setattr(wc, "FULL_VOLUME", (40, 30, 20))
+    monkeypatch.setattr(wc, "FULL_ROI", (16, 16, 16))
+    monkeypatch.setattr(wc, "FULL_WIDTH", 2)
+    monkeypatch.setattr(wc, "PAPER_FULL", {"stride": [4, 4, 4]})
+    out = wc.full_resolution(repeats=1, memory=False)
+    # default steps 5x5x4 on 40x30x20: 6*4*2 windows; stride 4: 7*5*2
+    assert (out["default"]["forwards"], out["paper_stride"]["forwards"]) == (48, 70)
+    assert out["default"]["setting"] == default_setting()
+    assert out["speedup"] == pytest.approx(out["paper_stride"]["seconds"] / out["default"]["seconds"])

@@ -20,12 +20,7 @@ from bundle.method.trainer import PLGDFTrainer
 SHAPE = (48, 16, 16)  # bottleneck 3x1x1 (see test_bf16_check_failure_leaves_bf16_out_or_stops_the_run)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # timings and probes on one torch thread
 
 
 class CountingStream:
