@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from benchmarks.campaign import machine_info
 from benchmarks.window_study import compare_windows, peak_memory_gb, prepare_cases
 from bundle.engine.files import write_json_atomic
