@@ -347,3 +347,130 @@ def test_paper_form_differs_from_reference(reference_vectors, n_classes):
     assert parts["dice"].item() != pytest.approx(float(reference_vectors[f"c{n_classes}_dice_lab_mcnet"]), rel=1e-2)
     paper = PyramidConsistencyLoss()([o[2:8] for o in outs]).item()
     assert paper > float(reference_vectors[f"c{n_classes}_L_consis_kl_only"])  # adds a positive rectified term
+
+
+# --------------------------------------------------------------------------------------------------- two-class closed forms
+def _general_pyramid(logits):
+    """The general (C-class) pyramid of two-class logits: what ``from_logits`` builds for C > 2."""
+    log_probs = [torch.log_softmax(z.float(), dim=1) for z in logits]
+    return SoftmaxPyramid(log_probs, [lp.exp() for lp in log_probs])
+
+
+def _terms_and_grads(make_pyramid, logits, y_l, y_hat, sup, consis, sharp):
+    """Each term on its rows of one pyramid (as the trainer), with the gradient of each term on the logits."""
+    leaves = [z.clone().requires_grad_() for z in logits]
+    pyramid = make_pyramid(leaves)
+    terms = [
+        sup.from_probs(pyramid.rows(0, 2), y_l)[0],
+        sup.from_probs(pyramid.rows(2, 6), y_hat)[0],
+        consis.from_probs(pyramid.rows(2)),
+        sharp.from_probs(pyramid.rows(6)),
+    ]
+    grads = [torch.autograd.grad(term, leaves, retain_graph=True) for term in terms]
+    return [t.item() for t in terms], grads
+
+
+def _two_class_logits(kind: str, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    logits = [torch.randn(8, 2, 5, 4, 3, generator=generator) * 3 for _ in range(4)]
+    if kind == "extreme":  # +-30 logits (d in {-60, 0, 60}) on every level, ordinary values on part of one
+        logits = [torch.sign(z) * 30.0 for z in logits]
+        logits[1][:, :, :2] = torch.randn(8, 2, 2, 4, 3, generator=generator)
+    return logits
+
+
+@pytest.mark.parametrize("kind", ["ordinary", "extreme"])
+@pytest.mark.parametrize(
+    "dice_form, form, detach",
+    [
+        ("paper", "paper", True),
+        ("reference", "reference", False),
+        ("paper", "paper", False),
+        ("reference", "reference", True),
+    ],
+)
+def test_two_class_closed_forms_equal_the_general_form(kind, dice_form, form, detach):
+    """C == 2: the one-channel closed forms (what ``from_logits`` picks) give the general form's values and logit
+    gradients, term by term, within float32 rounding, for every variant, also at +-30 logits."""
+    logits = _two_class_logits(kind)
+    generator = torch.Generator().manual_seed(1)
+    y_l, y_hat = torch.randint(0, 2, (2, 5, 4, 3), generator=generator), torch.randint(
+        0, 2, (4, 5, 4, 3), generator=generator
+    )
+    losses = (
+        PyramidSupervisedLoss(dice_form=dice_form),
+        PyramidConsistencyLoss(form=form, detach_mean=detach),
+        SharpeningLoss(detach_target=detach),
+    )
+    assert SoftmaxPyramid.from_logits(logits).logit_diff is not None  # the closed form is the one picked
+    fast, fast_grads = _terms_and_grads(SoftmaxPyramid.from_logits, logits, y_l, y_hat, *losses)
+    general, general_grads = _terms_and_grads(_general_pyramid, logits, y_l, y_hat, *losses)
+    assert fast == pytest.approx(general, rel=1e-5, abs=1e-7)
+    for term_fast, term_general in zip(fast_grads, general_grads):
+        scale = max(float(g.abs().max()) for g in term_general)
+        for a, b in zip(term_fast, term_general):
+            assert torch.isfinite(a).all()
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_two_class_closed_forms_finite_for_huge_logits(detach):
+    """Logits of +-200 (the probabilities underflow to 0 and 1 in float32): values and gradients stay finite."""
+    z = torch.tensor([[[200.0, -200.0, 0.0, 200.0], [-200.0, 200.0, 0.0, 200.0]]]).expand(4, 2, 4).contiguous()
+    leaves = [z.clone().requires_grad_(), z.flip(1).clone().requires_grad_()]
+    y = torch.tensor([[0, 1, 1, 0]] * 4)
+    loss = (
+        PyramidSupervisedLoss()(leaves, y)[0]
+        + PyramidConsistencyLoss(detach_mean=detach)(leaves)
+        + PyramidConsistencyLoss(form="reference", detach_mean=detach)(leaves)
+        + SharpeningLoss(detach_target=detach)(leaves)
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(z.grad).all() for z in leaves)
+
+
+def test_two_class_pyramid_rows_are_views_and_keeps_the_softmax_api():
+    torch.manual_seed(0)
+    logits = [torch.randn(6, 2, 4, 4, 2, dtype=torch.bfloat16) for _ in range(2)]
+    pyramid = SoftmaxPyramid.from_logits(logits)
+    assert len(pyramid) == 2 and pyramid.shape == (6, 2, 4, 4, 2)
+    for d, z in zip(pyramid.logit_diff, logits):
+        assert d.shape == (6, 1, 4, 4, 2) and d.dtype == torch.float32
+        assert torch.equal(d, z[:, 1:2].float() - z[:, 0:1].float())
+    for log_p, p, z in zip(pyramid.log_probs, pyramid.probs, logits):  # built from d, for any other caller
+        assert torch.allclose(log_p, torch.log_softmax(z.float(), dim=1), atol=1e-6)
+        assert torch.allclose(p, torch.softmax(z.float(), dim=1), atol=1e-7)
+    rows = pyramid.rows(2, 5)
+    assert rows.shape == (3, 2, 4, 4, 2) and rows.rows(1).shape == (2, 2, 4, 4, 2)
+    assert rows.logit_diff[1].data_ptr() == pyramid.logit_diff[1][2:].data_ptr()  # a view, no copy
+    assert torch.equal(rows.probs[0], pyramid.probs[0][2:5])
+    with pytest.raises(ValueError, match="logit_diff"):
+        SoftmaxPyramid.two_class([torch.zeros(2, 2, 4)])
+
+
+def test_two_class_gradient_keeps_the_logits_dtype_and_layout_under_autocast():
+    torch.manual_seed(0)
+    logits = [torch.randn(4, 2, 4, 4, 2).bfloat16().contiguous(memory_format=torch.channels_last_3d).requires_grad_()]
+    y = torch.randint(0, 2, (2, 4, 4, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pyramid = SoftmaxPyramid.from_logits(logits)
+        loss = PyramidSupervisedLoss().from_probs(pyramid.rows(0, 2), y)[0] + SharpeningLoss().from_probs(
+            pyramid.rows(2)
+        )
+    loss.backward()
+    grad = logits[0].grad
+    assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    assert grad.is_contiguous(memory_format=torch.channels_last_3d) and torch.isfinite(grad).all()
+
+
+def test_two_class_supervised_ignores_labels_as_nll_loss():
+    """A label of -100 (``nll_loss``'s ``ignore_index``) is left out of the CE and of both classes, as in the
+    general form."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 2, 3, 4)
+    y = torch.randint(0, 2, (2, 3, 4))
+    y[0, 0] = -100
+    fast = PyramidSupervisedLoss()([z], y)[1]
+    general = PyramidSupervisedLoss().from_probs(_general_pyramid([z]), y)[1]
+    assert fast["ce"].item() == pytest.approx(general["ce"].item(), rel=1e-6)
+    assert fast["dice"].item() == pytest.approx(general["dice"].item(), rel=1e-6)
