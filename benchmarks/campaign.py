@@ -107,23 +107,17 @@ class Run:
 
 # -- provenance ----------------------------------------------------------------------------------------
 def machine_info() -> dict[str, Any]:
-    """CPU model and its vector / matrix flags, core count, Python, torch and MONAI versions."""
+    """CPU model and the flags that decide which precision is fast (:func:`bundle.engine.precision.cpu_model`,
+    :func:`~bundle.engine.precision.cpu_flags`), core count, Python, torch and MONAI versions."""
     import monai
     import torch
 
-    model, flags = platform.processor() or "unknown", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    keep = [f for f in flags if f in ("avx2", "fma") or f.startswith(("avx512", "amx"))]
+    from bundle.engine.precision import cpu_flags, cpu_model
+
+    model, keep = cpu_model(), cpu_flags()
     return {
         "cpu": model,
-        "flags": "|".join(sorted(keep)),
+        "flags": "|".join(keep),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

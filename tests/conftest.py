@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +94,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: shape and affine of the small NIfTI volumes of the input-check and case-report tests
+SMALL_SHAPE = (12, 10, 8)
+SMALL_AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
+
+
+def nifti(path: Path, array: np.ndarray, affine: np.ndarray = SMALL_AFFINE) -> str:
+    """Save ``array`` as a NIfTI file at ``path`` (folders created); returns the path as text."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return str(path)
+
+
+def noise_image(seed: int = 0, shape=SMALL_SHAPE) -> np.ndarray:
+    """A float32 volume of Gaussian noise (sd 100), reproducible from ``seed``."""
+    return np.random.default_rng(seed).normal(0.0, 100.0, shape).astype(np.float32)

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import h5py
-import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
@@ -20,20 +19,9 @@ from bundle.data.datalist import load_datalist
 from bundle.data.demo import generate_demo_dataset
 from bundle.data.samplers import unlabeled_stream
 from bundle.engine.errors import DataValidationError
-from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, run_bundle
+from tests.conftest import SMALL_AFFINE, SMALL_SHAPE, TINY_TRAIN, TRAIN_CONFIG, nifti, noise_image, run_bundle
 
-SHAPE = (12, 10, 8)
-AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
-
-
-def nifti(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, affine), str(path))
-    return str(path)
-
-
-def image(seed: int = 0, shape=SHAPE) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0.0, 100.0, shape).astype(np.float32)
+SHAPE, AFFINE, image = SMALL_SHAPE, SMALL_AFFINE, noise_image
 
 
 def label(shape=SHAPE) -> np.ndarray:

@@ -5,24 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 
 from bundle.inference.case_report import CaseReport
+from tests.conftest import SMALL_AFFINE, SMALL_SHAPE, nifti, noise_image
 
-SHAPE = (12, 10, 8)
-AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
-
-
-def nifti(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, affine), str(path))
-    return str(path)
-
-
-def image(seed: int = 0, shape=SHAPE) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0.0, 100.0, shape).astype(np.float32)
+SHAPE, AFFINE, image = SMALL_SHAPE, SMALL_AFFINE, noise_image
 
 
 def test_case_report_keeps_going_and_exits_non_zero(tmp_path: Path) -> None:
