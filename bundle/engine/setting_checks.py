@@ -123,7 +123,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
                   "a list [low, high] of Hounsfield units with low < high"),  # fmt: skip
     "modality": _choice("ct", "mr", "flair", "none"),
     "sw_mode": _choice("constant", "gaussian"),
-    "semi_warmup": _choice("auto", "none", "rampup", "confidence"),
+    "semi_warmup": _choice("none", "rampup", "confidence"),
     "deploy_model": _choice("student", "best_of_both"),
     "amp_dtype": _choice("bfloat16", "float16"),
     "cpu_precision": _choice(*CPU_PRECISIONS),

@@ -43,7 +43,7 @@ from bundle.method.mix import MixModule, add_noise
 from bundle.method.rampup import ConsistencyRampUp
 from bundle.method.teacher import EMATeacher
 
-__all__ = ["PLGDFTrainer", "resolve_semi_warmup"]
+__all__ = ["PLGDFTrainer"]
 
 logger = logging.getLogger("plgdf")
 
@@ -55,29 +55,6 @@ def _as_list(outputs: Any) -> list[torch.Tensor]:
 SEMI_WARMUPS = ("none", "rampup", "confidence")
 #: ``cpu_precision "auto"`` is skipped when the run has fewer than this many times the probe's iterations left
 PROBE_MIN_RUN_FACTOR = 10
-#: ``semi_warmup "auto"`` warms L_semi up when the run has fewer labelled cases than this: the paper's smallest
-#: budget (LA, 4 labelled scans), below which its full-weight L_semi from t = 0 was measured to collapse the student
-#: to background (MONAI Label rounds from one and two labels, docs/README.md)
-SEMI_WARMUP_AUTO_BELOW = 4
-
-
-def resolve_semi_warmup(semi_warmup: str, labeled_data: Sequence | int) -> str:
-    """The ``semi_warmup`` a run uses: ``"auto"`` is ``"rampup"`` with fewer than :data:`SEMI_WARMUP_AUTO_BELOW`
-    labelled cases (``labeled_data``: the labelled training items or their number) and ``"none"`` (the paper's
-    method) otherwise; any other value is returned as it is. The choice of ``"auto"`` is logged."""
-    if semi_warmup != "auto":
-        return semi_warmup
-    count = labeled_data if isinstance(labeled_data, int) else len(labeled_data)
-    chosen = "rampup" if count < SEMI_WARMUP_AUTO_BELOW else "none"
-    reason = "fewer than" if chosen == "rampup" else "at least"
-    logger.info(
-        "semi_warmup auto: %s (%d labelled case(s), %s %d; set semi_warmup to none or rampup to choose)",
-        chosen,
-        count,
-        reason,
-        SEMI_WARMUP_AUTO_BELOW,
-    )
-    return chosen
 
 
 def _shares_softmax(loss: Any) -> bool:

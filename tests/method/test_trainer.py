@@ -17,7 +17,7 @@ from bundle.method.mix import MixModule
 from bundle.method.networks import PLGDFVNet
 from bundle.method.rampup import ConsistencyRampUp
 from bundle.method.teacher import EMATeacher
-from bundle.method.trainer import PLGDFTrainer, resolve_semi_warmup
+from bundle.method.trainer import PLGDFTrainer
 
 N_L, N_U, K, SIZE = 2, 1, 2, 16
 TERMS = ("loss_sup", "loss_semi", "loss_consis", "loss_sharp")
@@ -160,21 +160,6 @@ def test_semi_warmup_scales_l_semi_only(full: dict, warmup: str) -> None:
         assert float(out[other]) == pytest.approx(float(full["out"][other]), rel=1e-6), other
     with pytest.raises(ValueError, match="semi_warmup must be one of"):
         _step(semi_warmup="linear")
-
-
-def test_semi_warmup_auto_warms_up_below_the_papers_smallest_budget(caplog) -> None:
-    """``"auto"``: the paper's full-weight L_semi from 4 labelled cases (LA's 5% budget), the ramp-up below it."""
-    with caplog.at_level("INFO", logger="plgdf"):
-        assert resolve_semi_warmup("auto", [{"image": "a"}]) == "rampup"
-        assert resolve_semi_warmup("auto", 3) == "rampup"
-        assert resolve_semi_warmup("auto", 4) == "none"
-        assert resolve_semi_warmup("auto", [{}] * 72) == "none"
-    assert "semi_warmup auto: rampup (1 labelled case(s), fewer than 4" in caplog.text
-    assert "semi_warmup auto: none (4 labelled case(s), at least 4" in caplog.text
-    caplog.clear()
-    for explicit in ("none", "rampup", "confidence"):
-        assert resolve_semi_warmup(explicit, 1) == explicit
-    assert not caplog.text  # explicit values are not logged as a choice
 
 
 def test_a_loss_subclass_that_overrides_forward_is_called_not_bypassed():
