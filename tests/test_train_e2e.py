@@ -64,6 +64,25 @@ def test_train_stop_resume(tiny_demo, tmp_path):
                 assert key in r
 
 
+def test_bn_reestimation_changes_the_saved_statistics_not_the_training(tiny_demo, tmp_path):
+    """``bn_reestimate_batches``: the same losses with and without it (its patches and dropout draws do not touch
+    the training's random streams), different BatchNorm running statistics in ``model.pt``, the same weights."""
+    runs = {}
+    for batches in (0, 8):
+        out, models = tmp_path / f"run{batches}", tmp_path / f"models{batches}"
+        run_bundle(
+            TRAIN_CONFIG, *TINY, *run_dirs(tiny_demo, out), "--ckpt_dir", str(models), "--num_iterations", "4",
+            "--val_interval", "2", "--bn_reestimate_batches", str(batches),
+        )  # fmt: skip
+        losses = [(r["iteration"], r["loss"]) for r in read_log(out / "log.jsonl") if "loss" in r]
+        runs[batches] = (losses, torch.load(models / "model.pt", weights_only=True))
+    assert runs[0][0] == runs[8][0] and len(runs[0][0]) == 4
+    plain, reestimated = runs[0][1], runs[8][1]
+    stats = [k for k in plain if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(not torch.equal(plain[k], reestimated[k]) for k in stats)
+    assert all(torch.equal(plain[k], reestimated[k]) for k in plain if k not in stats and "num_batches" not in k)
+
+
 @pytest.mark.slow
 def test_fewer_labelled_cases_than_the_batch_shrink_the_batch(tmp_path):
     """MONAI Label's first round after one final label: the shipped labeled_batch_size 2 with one labelled case."""

@@ -114,6 +114,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_classes": _integer(2),
     "in_channels": _integer(1),
     "num_workers": _integer(0),
+    "bn_reestimate_batches": _integer(0),
     "sw_batch_size": _integer(1),
     "seed": _integer(0),
     "patch_size": _triple(lambda x: _is_int(x) and x > 0 and x % 16 == 0, "positive whole numbers divisible by 16"),
