@@ -8,7 +8,7 @@ revision of it, interleaved in one process (docs/performance.md, "The loss terms
 The outputs are random tensors shaped as the student's ``[P1, P2, P3, P4]`` at the benchmark configuration of
 ``benchmarks/speed.py`` (labelled batch 2 + unlabelled 2, K = 2: 2 labelled + 4 mixed + 2 clean = 8 rows, 2 classes,
 ``(8, 2, 64, 64, 32)`` each, bf16 channels_last as ``cpu_precision=bf16_cl`` gives them); the labels are random (the
-cost does not depend on them); every round times each side on fresh leaf copies as :func:`benchmarks.speed.
+cost does not depend on them); every round times each side on fresh leaf copies as :func:`benchmarks.speed_parts.
 time_loss_terms` does (the terms as ``PLGDFTrainer.loss_terms`` assembles them, all on, ``configs/train.json``'s
 settings), alternating which side goes first. Reported: the medians and the ratio of the medians (baseline / this
 checkout), with the median of the per-round ratios.

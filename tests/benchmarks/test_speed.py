@@ -11,6 +11,7 @@ import torch
 from conftest import REPO_ROOT, bundle_env
 
 from benchmarks import speed
+from bundle.engine import precision as cpu_precisions
 from bundle.inference.inferers import count_windows
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # timings and probes on one torch thread
@@ -67,7 +68,7 @@ def test_training_benchmark_times_the_loss_terms_shared_and_unshared():
 def test_training_benchmark_with_auto_runs_the_trainers_probe_first():
     out = speed.bench_training("cpu", BF16_PATCH, 1, 1, n_filters=2, cpu_precision="auto", probe_steps=1, repeats=1)
     report = out["precision"]
-    assert report["setting"] == "auto" and report["chosen"] == speed.cpu_precisions.fastest(report["timings_s"])
+    assert report["setting"] == "auto" and report["chosen"] == cpu_precisions.fastest(report["timings_s"])
     assert {"fp32", "fp32_cl"} <= set(report["timings_s"])
     assert out["settings"]["channels_last"] == report["chosen"].endswith("_cl")
 
