@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from ignite.engine import Engine, Events
 
 from bundle.engine.distributed import unwrap_model
@@ -45,14 +44,14 @@ class ReestimateBatchNorm:
         labeled_data, unlabeled_data: the training items (dicts with ``"image"``); all labelled ones and the first
             unlabelled ones up to ``max_volumes`` in all are used.
         preprocessing: the deterministic preprocessing of a training item (no augmentation), giving ``"image"``
-            ``(C, H, W, D)``; applied once per volume, on first use.
-        patch_size: the training patch (a volume smaller than it is zero-padded).
+            ``(C, H, W, D)`` at least ``patch_size`` large (``train.json``'s ends with ``SpatialPadd``); applied once
+            per volume, on first use.
+        patch_size: the training patch.
         batches: batches to average; 0 switches the handler off. Default 32.
         batch_size: patches per batch. Default 4.
         interval: iterations between re-estimations (the validation interval). Default 50.
         max_volumes: most volumes kept for the patches. Default 16.
         seed: seed of the patch positions. Default 0.
-        device: where the patches go. Defaults to the network's device.
     """
 
     def __init__(
@@ -67,7 +66,6 @@ class ReestimateBatchNorm:
         interval: int = 50,
         max_volumes: int = 16,
         seed: int = 0,
-        device: torch.device | str | None = None,
     ) -> None:
         if batches < 0 or batch_size < 1 or interval < 1 or max_volumes < 1:
             raise ValueError(
@@ -80,7 +78,6 @@ class ReestimateBatchNorm:
         self.preprocessing = preprocessing
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batches, self.batch_size, self.interval, self.seed = int(batches), int(batch_size), int(interval), seed
-        self.device = device
         self._volumes: list[torch.Tensor] | None = None
         self._done_at: int | None = None
 
@@ -96,11 +93,7 @@ class ReestimateBatchNorm:
             volumes = []
             for item in self.items:
                 image = self.preprocessing(dict(item))["image"]
-                image = (image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)).float()
-                short = [max(0, p - s) for p, s in zip(self.patch_size, image.shape[1:])]
-                if any(short):  # F.pad takes the last dim first
-                    image = F.pad(image, [x for s in reversed(short) for x in (0, s)])
-                volumes.append(image)
+                volumes.append((image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)).float())
             self._volumes = volumes
             logger.info(
                 "bn_reestimate: %d volume(s) prepared for BatchNorm re-estimation in %.1f s",
@@ -114,7 +107,7 @@ class ReestimateBatchNorm:
         ``seed`` and ``iteration``."""
         volumes = self._load()
         rng = np.random.default_rng([int(self.seed), int(iteration)])
-        device = self.device or next(unwrap_model(self.network).parameters()).device
+        device = next(unwrap_model(self.network).parameters()).device
         for _ in range(self.batches):
             crops = []
             for _ in range(self.batch_size):
