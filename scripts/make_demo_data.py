@@ -18,6 +18,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--n-test", type=int, default=4, help="test cases (default: 4)")
     parser.add_argument("--shape", type=int, nargs=3, default=(96, 96, 32), help="voxels (default: 96 96 32)")
     parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 3.0), help="mm (default: 1 1 3)")
+    parser.add_argument(
+        "--organ-scale",
+        type=float,
+        default=1.0,
+        help="factor on the organ's diameter; 0.65 makes a small structure, 2.7 %% of the body (default: 1.0)",
+    )
     parser.add_argument("--force", action="store_true", help="regenerate in place even if datalist.json exists")
     args = parser.parse_args(argv)
     kwargs = dict(
@@ -28,6 +34,7 @@ def main(argv: list[str] | None = None) -> Path:
         n_test=args.n_test,
         shape=tuple(args.shape),
         spacing=tuple(args.spacing),
+        organ_scale=args.organ_scale,
     )
     datalist = generate_demo_dataset(args.out, **kwargs) if args.force else ensure_demo_dataset(args.out, **kwargs)
     print(datalist)

@@ -110,3 +110,20 @@ def test_cli(tmp_path: Path, repo_root: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "Generated" in res.stdout
     assert len(load_datalist(tmp_path / "d" / "datalist.json")["training"]) == 4
+
+
+def test_organ_scale_makes_a_small_structure_from_the_same_draws() -> None:
+    from bundle.data.demo import synthesize_case
+
+    shape = (64, 64, 20)
+    image, label = synthesize_case(np.random.default_rng([0, 3]), shape)
+    small_image, small_label = synthesize_case(np.random.default_rng([0, 3]), shape, organ_scale=0.65)
+    body = image > -500
+    assert (small_image > -500).sum() == body.sum()  # same body: only the organ's diameter changed
+    assert 0 < small_label.sum() < 0.5 * label.sum()
+    assert small_label.sum() / body.sum() < 0.08
+    assert np.array_equal(
+        synthesize_case(np.random.default_rng([0, 3]), shape, organ_scale=1.0)[1], label
+    )  # 1.0 is the demo itself
+    with pytest.raises(ValueError, match="organ_scale"):
+        synthesize_case(np.random.default_rng(0), shape, organ_scale=0.0)
