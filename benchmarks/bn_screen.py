@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmarks import campaign, la_lite
@@ -27,26 +26,34 @@ SCREEN_FILE = "la_lite_plgdf_plus_screen.json"
 
 
 def clean_patches(datalist: str | os.PathLike, n_batches: int, batch_size: int, seed: int, overrides: dict):
-    """``n_batches`` batches of random training crops (the run's preprocessing and patch, no other augmentation)."""
+    """``n_batches`` batches of clean random training crops, drawn exactly as the bundle's own re-estimation draws
+    them (:meth:`bundle.handlers.bn_reestimate.ReestimateBatchNorm.patches`: the run's preprocessing, random crops of
+    the patch size, no other augmentation), over all the list's labelled and unlabelled images."""
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
     from bundle.data.datalist import load_datalist
+    from bundle.handlers.bn_reestimate import ReestimateBatchNorm
 
     parser = ConfigParser()
     parser.read_config([str(la_lite.ROOT / "configs" / "train.json"), str(la_lite.ROOT / la_lite.PRESET)])
     for key, value in overrides.items():
         parser[key] = value
     data = load_datalist(datalist)  # paths relative to the list's folder, resolved
-    cases = [{"image": e["image"]} for e in data["training"] + data.get("unlabeled", [])]
-    prep = Compose(parser.get_parsed_content("preprocessing"))
-    crop = parser.get_parsed_content("augmentation#0")  # RandSpatialCropd of the patch size
-    crop.set_random_state(seed=seed)
-    volumes = [prep(dict(c)) for c in cases]
-    rng = np.random.default_rng(seed)
-    for _ in range(n_batches):
-        picks = rng.integers(0, len(volumes), size=batch_size)
-        yield torch.stack([torch.as_tensor(crop(dict(volumes[i]))["image"]) for i in picks]).float()
+    labelled = [{"image": e["image"]} for e in data["training"]]
+    unlabelled = [{"image": e["image"]} for e in data.get("unlabeled", [])]
+    source = ReestimateBatchNorm(
+        torch.nn.Linear(1, 1),  # only its device is read: the CPU
+        labelled,
+        unlabelled,
+        Compose(parser.get_parsed_content("preprocessing")),
+        parser.get_parsed_content("patch_size"),
+        batches=n_batches,
+        batch_size=batch_size,
+        max_volumes=len(labelled) + len(unlabelled),
+        seed=seed,
+    )
+    yield from source.patches(0)
 
 
 def screen_bn(
