@@ -522,7 +522,24 @@ class PyramidSupervisedLoss(nn.Module):
         return self.weight * (ce + dice), {"ce": ce.detach(), "dice": dice.detach()}
 
 
-class PyramidConsistencyLoss(nn.Module):
+class _UnsupervisedPyramidLoss(nn.Module):
+    """A loss of the pyramid outputs alone: ``forward(logits)`` is ``from_probs`` of their shared softmaxes."""
+
+    def forward(self, logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """
+        Args:
+            logits: the pyramid outputs ``[P1, ..., P4]``, each ``(B, C, H, W, D)``.
+
+        Returns:
+            a scalar tensor (float32).
+        """
+        return self.from_probs(SoftmaxPyramid.from_logits(logits))
+
+    def from_probs(self, pyramid: SoftmaxPyramid) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PyramidConsistencyLoss(_UnsupervisedPyramidLoss):
     """Pyramid consistency with uncertainty rectification (PLGDF's ``L_consis``; after URPC).
 
     With ``p_k = softmax(P_k)`` and ``p_mean = mean_k p_k``, per voxel ``i`` the uncertainty of output ``k`` is the
@@ -557,16 +574,6 @@ class PyramidConsistencyLoss(nn.Module):
         self.form = form
         self.eps = float(eps)
         self.detach_mean = bool(detach_mean)
-
-    def forward(self, logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """
-        Args:
-            logits: the pyramid outputs ``[P1, ..., P4]``, each ``(B, C, H, W, D)``.
-
-        Returns:
-            a scalar tensor (float32).
-        """
-        return self.from_probs(SoftmaxPyramid.from_logits(logits))
 
     def from_probs(self, pyramid: SoftmaxPyramid) -> torch.Tensor:
         """:meth:`forward` on precomputed probabilities (``pyramid``: :class:`SoftmaxPyramid` of the rows)."""
@@ -604,7 +611,7 @@ class PyramidConsistencyLoss(nn.Module):
         return total / len(pyramid)
 
 
-class SharpeningLoss(nn.Module):
+class SharpeningLoss(_UnsupervisedPyramidLoss):
     """Sharpening loss: mean squared distance between each output's softmax and its sharpened version.
 
     Per class channel, ``s(p) = p^(1/T) / (p^(1/T) + (1 - p)^(1/T))``, and
@@ -642,16 +649,6 @@ class SharpeningLoss(nn.Module):
             mask = mask.view(1, n_classes, n_classes, *([1] * (z.dim() - 2)))
             lse_others = torch.logsumexp(z.unsqueeze(1) + mask, dim=2)
         return torch.sigmoid((z - lse_others) / self.temperature)
-
-    def forward(self, logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """
-        Args:
-            logits: the pyramid outputs ``[P1, ..., P4]``, each ``(B, C, H, W, D)``.
-
-        Returns:
-            a scalar tensor (float32).
-        """
-        return self.from_probs(SoftmaxPyramid.from_logits(logits))
 
     def from_probs(self, pyramid: SoftmaxPyramid) -> torch.Tensor:
         """:meth:`forward` on precomputed probabilities (``pyramid``: :class:`SoftmaxPyramid` of the rows)."""
