@@ -141,6 +141,57 @@ def variants() -> list[str]:
     return [f"{p}/{c}/{m}" for p in PROTOCOLS for c in CHECKPOINTS for m in MODELS]
 
 
+WINDOW_SUMMARY = "window_summary.json"
+
+
+def window_gains(results_dir: str | os.PathLike, budgets: Iterable[int]) -> dict[str, Any]:
+    """Paired gains at the bundle's *current* default window, from ``window_summary.json`` (``python -m
+    scripts.la_lite window-summary``), which scores the best-on-validation checkpoints with today's default; the
+    campaign's own "default" protocol is the pinned commit's older window. ``{budget: {model: {"dice": {arm:
+    {seed: Dice %}}, "paired_gain", "gap_recovered"...}}}`` for the seeds whose checkpoints are scored; ``{}``
+    without the file."""
+    path = Path(results_dir) / WINDOW_SUMMARY
+    if not path.is_file():
+        return {}
+    per_case: dict[tuple[str, int, str], list[float]] = {}  # (arm-labels, seed, model) -> Dice per case
+    for row in json.loads(path.read_text(encoding="utf-8")).get("checkpoints", []):
+        name, seed, checkpoint, model = row["name"].split("/")
+        if checkpoint == "best" and "default" in row:
+            per_case[(name, int(seed.removeprefix("seed")), model)] = row["default"]["dice_per_case"]
+    out: dict[str, Any] = {}
+    for n in budgets:
+        for model in MODELS:
+            keys = {"supervised": f"supervised-{n}", "plgdf": f"plgdf-{n}", "supervised_72": f"supervised-{CEILING}"}
+            arms = {
+                arm: {s: v for (a, s, m), v in per_case.items() if a == key and m == model} for arm, key in keys.items()
+            }
+            if not arms["supervised"] and not arms["plgdf"]:
+                continue
+            block: dict[str, Any] = {
+                "dice": {
+                    arm: {str(s): float(np.mean(v)) for s, v in sorted(runs.items())} for arm, runs in arms.items()
+                }
+            }
+            paired = sorted(set(arms["supervised"]) & set(arms["plgdf"]))
+            if paired:
+                a = np.array([arms["plgdf"][s] for s in paired], float)
+                b = np.array([arms["supervised"][s] for s in paired], float)
+                gain = paired_gain(a, b)
+                block["paired_gain"] = {"mean": gain["mean"], "ci95": gain["ci95"], "seeds": paired}
+                with_ceiling = [s for s in paired if s in arms["supervised_72"]]
+                if with_ceiling:
+                    g = paired_gain(
+                        np.array([arms["plgdf"][s] for s in with_ceiling], float),
+                        np.array([arms["supervised"][s] for s in with_ceiling], float),
+                        ceiling=np.array([arms["supervised_72"][s] for s in with_ceiling], float),
+                    )
+                    block["gap_recovered"] = g["gap_recovered"]
+                    block["gap_recovered_ci95"] = g["gap_recovered_ci95"]
+                    block["gap_seeds"] = with_ceiling
+            out.setdefault(str(n), {})[model] = block
+    return out
+
+
 def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = None) -> dict[str, Any]:
     """Rebuild ``la_lite_summary.json``, ``la_lite_campaign.md`` and ``la_lite_curves_<N>labels.png`` in
     ``results_dir`` from the per-run figures. The top level is the headline variant (:data:`HEADLINE`); every
@@ -171,6 +222,7 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
         out["variants"][variant] = blocks
         if variant == HEADLINE:
             out["budgets"] = blocks
+    out["current_default_window"] = window_gains(results_dir, budgets)
     write_json_atomic(results_dir / SUMMARY, out, indent=1)
     (results_dir / "la_lite_campaign.md").write_text(markdown(out, figs), encoding="utf-8")
     try:
@@ -226,6 +278,24 @@ def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
                 f"| {n} | {_fmt(ms['supervised']['dice'])} | {_fmt(ms['plgdf']['dice'])} | "
                 f"{_fmt(ms['supervised_72']['dice'])} | {_ci(b)} | {_gap_cell(b)} | {seeds} |"
             )
+        lines.append("")
+    current = summary.get("current_default_window") or {}
+    if current:
+        lines += [
+            "### Today's default window / best / student and teacher (from `window_summary.json`)",
+            "",
+            "The campaign's own `default` rows above use the pinned commit's older window; these score the same "
+            "best-on-validation checkpoints with the bundle's current default (only the seeds scored so far).",
+            "",
+            "| labels | model | supervised | plgdf | supervised-72 | paired gain [95 % CI] | gap recovered [95 % CI] |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for n, models in current.items():
+            for model, b in models.items():
+                cells = [
+                    _fmt(_mean_sd(list(b["dice"][arm].values()))) for arm in ("supervised", "plgdf", "supervised_72")
+                ]
+                lines.append(f"| {n} | {model} | {' | '.join(cells)} | {_ci(b)} | {_gap_cell(b)} |")
         lines.append("")
     lines += ["### Runs", "", "| run | seed | wall min | attempts | CPU | commit |", "|---|---|---|---|---|---|"]
     for name, runs in sorted(figs.items()):
