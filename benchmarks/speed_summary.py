@@ -24,7 +24,7 @@ def host_summary_entry(training: Mapping[str, Any], machine: Mapping[str, Any] |
     ``{"cpu", "flags" ("avx2|avx512_bf16|..."), "chosen" (the CPU precision the iteration ran in),
     "iteration_s", "iteration_over_bare_same_setting", "iteration_over_authors_fp32_bare"}`` and, to make the entry
     self-describing, ``probe_s`` (auto's seconds per step of each candidate, or ``null``), ``loss_terms_s``,
-    ``loss_terms_unshared_s``, ``compile``, ``patch_size``, ``batch``, ``n_filters``, ``torch``, ``threads``,
+    ``loss_terms_unshared_s``, ``compile``, ``cpu_allocator`` (``"system"`` for results without it), ``patch_size``, ``batch``, ``n_filters``, ``torch``, ``threads``,
     ``date``.
 
     Raises:
@@ -46,6 +46,7 @@ def host_summary_entry(training: Mapping[str, Any], machine: Mapping[str, Any] |
         "loss_terms_s": training.get("loss_terms_s"),
         "loss_terms_unshared_s": training.get("loss_terms_unshared_s"),
         "compile": bool(settings.get("compile", False)),
+        "cpu_allocator": (training.get("cpu_allocator") or {}).get("cpu_allocator", "system"),
         "patch_size": list(settings["patch_size"]),
         "batch": [settings["labeled_batch"], settings["unlabeled_batch"]],
         "n_filters": settings["n_filters"],
@@ -63,12 +64,13 @@ def _summary_key(entry: Mapping[str, Any]) -> tuple:
         tuple(entry.get("batch") or ()),
         entry.get("n_filters"),
         bool(entry.get("compile", False)),
+        entry.get("cpu_allocator", "system"),
     )
 
 
 def merge_host_summary(path: str | Path, entry: Mapping[str, Any]) -> dict[str, Any]:
     """Add ``entry`` to the summary file ``path`` (``{"hosts": [...]}``, created if missing), replacing an entry of
-    the same CPU model, flags, configuration and compile setting; written atomically. Returns the summary.
+    the same CPU model, flags, configuration, compile and allocator setting; written atomically. Returns the summary.
 
     Raises:
         ValueError: ``path`` exists but is not such a summary (nothing is written).

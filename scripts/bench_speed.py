@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--la-dir", help="data part: LA folder (h5 cases); default: generated demo cases")
     p.add_argument("--samples", type=int, default=8, help="data part: samples timed per mode")
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's)")
+    p.add_argument(
+        "--cpu-allocator",
+        choices=["reuse", "system"],
+        default="reuse",
+        help="the bundle's cpu_allocator, set before anything is timed (default reuse, the configs' default)",
+    )
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument(
         "--summary",
@@ -80,10 +86,21 @@ def _parser() -> argparse.ArgumentParser:
 def _run_part(args: argparse.Namespace) -> dict:
     import torch
 
-    from benchmarks import speed
+    from bundle.engine.allocator import configure_cpu_allocator
 
+    allocator = configure_cpu_allocator(args.cpu_allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = _bench_part(args)
+    out["cpu_allocator"] = allocator
+    return out
+
+
+def _bench_part(args: argparse.Namespace) -> dict:
+    import torch
+
+    from benchmarks import speed
+
     amp = args.precision != "fp32"
     dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(args.precision, "bfloat16")
     on_cpu = not args.device.startswith("cuda")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bundle.engine.allocator import CPU_ALLOCATORS
 from bundle.engine.errors import DataValidationError
 from bundle.engine.precision import CPU_PRECISIONS
 
@@ -128,6 +129,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "deploy_model": _choice("student", "best_of_both"),
     "amp_dtype": _choice("bfloat16", "float16"),
     "cpu_precision": _choice(*CPU_PRECISIONS),
+    "cpu_allocator": _choice(*CPU_ALLOCATORS),
     "sw_overlap": _number_or_triple(0, 1, hi_open=True),
     "sw_sigma_scale": _number_or_triple(0, lo_open=True),
     "sw_average": _choice("logits", "probabilities"),

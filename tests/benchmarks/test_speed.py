@@ -101,6 +101,10 @@ def test_summary_entry_has_the_issues_fields_and_merges_per_host(tmp_path):
     summary = speed.merge_host_summary(path, other)
     assert json.loads(path.read_text()) == summary
     assert [(h["cpu"], h["iteration_s"]) for h in summary["hosts"]] == [("Test CPU", 1.5), ("Other CPU", 2.0)]
+    assert entry["cpu_allocator"] == "system"  # a result without the field was measured with glibc's defaults
+    reuse = speed.host_summary_entry({**_training_result(), "cpu_allocator": {"cpu_allocator": "reuse"}})
+    hosts = speed.merge_host_summary(path, reuse)["hosts"]  # the same host with the other allocator: kept beside
+    assert [(h["cpu"], h["cpu_allocator"]) for h in hosts][-1] == ("Test CPU", "reuse") and len(hosts) == 3
     path.write_text('{"not": "a summary"}')
     with pytest.raises(ValueError, match="not a speed summary"):
         speed.merge_host_summary(path, entry)
