@@ -24,8 +24,8 @@ def host_summary_entry(training: Mapping[str, Any], machine: Mapping[str, Any] |
     ``{"cpu", "flags" ("avx2|avx512_bf16|..."), "chosen" (the CPU precision the iteration ran in),
     "iteration_s", "iteration_over_bare_same_setting", "iteration_over_authors_fp32_bare"}`` and, to make the entry
     self-describing, ``probe_s`` (auto's seconds per step of each candidate, or ``null``), ``loss_terms_s``,
-    ``loss_terms_unshared_s``, ``compile``, ``cpu_allocator`` (``"system"`` for results without it), ``patch_size``, ``batch``, ``n_filters``, ``torch``, ``threads``,
-    ``date``.
+    ``loss_terms_unshared_s``, ``compile``, ``cpu_allocator`` (``"system"`` for results without it),
+    ``patch_size``, ``batch``, ``n_filters``, ``torch``, ``threads``, ``date``.
 
     Raises:
         ValueError: ``training`` was not measured on the CPU.
