@@ -25,6 +25,7 @@ the paper's method (see ``docs/method_notes.md``, "What reference.json changes")
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -522,8 +523,9 @@ class PyramidSupervisedLoss(nn.Module):
         return self.weight * (ce + dice), {"ce": ce.detach(), "dice": dice.detach()}
 
 
-class _UnsupervisedPyramidLoss(nn.Module):
-    """A loss of the pyramid outputs alone: ``forward(logits)`` is ``from_probs`` of their shared softmaxes."""
+class _UnsupervisedPyramidLoss(nn.Module, abc.ABC):
+    """A loss of the pyramid outputs alone: ``forward(logits)`` is ``from_probs`` of their shared softmaxes (each
+    subclass defines ``from_probs``; the base cannot be instantiated)."""
 
     def forward(self, logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """
@@ -535,8 +537,9 @@ class _UnsupervisedPyramidLoss(nn.Module):
         """
         return self.from_probs(SoftmaxPyramid.from_logits(logits))
 
+    @abc.abstractmethod
     def from_probs(self, pyramid: SoftmaxPyramid) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss from precomputed probabilities (:class:`SoftmaxPyramid` of the rows)."""
 
 
 class PyramidConsistencyLoss(_UnsupervisedPyramidLoss):
