@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,25 @@ def load_figures(results_dir: str | os.PathLike) -> dict[str, dict[int, dict]]:
     return out
 
 
+def _rows(runs: Mapping[int, Any], seeds: Sequence[int]) -> np.ndarray:
+    return np.array([runs[s] for s in seeds], dtype=float)
+
+
+def _gains(plg: Mapping[int, Any], sup: Mapping[int, Any], ceil: Mapping[int, Any]) -> dict[str, Any]:
+    """``paired_gain`` (plgdf - supervised over the seeds both have) and, over the seeds the ceiling also has,
+    ``gap_recovered`` with its interval; each argument maps a seed to its per-case Dice (the same cases)."""
+    paired = sorted(set(sup) & set(plg))
+    if not paired:
+        return {}
+    gain = paired_gain(_rows(plg, paired), _rows(sup, paired))
+    out: dict[str, Any] = {"paired_gain": {"mean": gain["mean"], "ci95": gain["ci95"], "seeds": paired}}
+    with_ceiling = [s for s in paired if s in ceil]
+    if with_ceiling:
+        g = paired_gain(_rows(plg, with_ceiling), _rows(sup, with_ceiling), ceiling=_rows(ceil, with_ceiling))
+        out.update(gap_recovered=g["gap_recovered"], gap_recovered_ci95=g["gap_recovered_ci95"], gap_seeds=with_ceiling)
+    return out
+
+
 def _budget_block(figs: dict[str, dict[int, dict]], labels: int, variant: str, semi: str = "plgdf") -> dict | None:
     """The summary of one budget for one variant; ``None`` when neither arm of the budget has a run."""
     sup, plg, ceil = (
@@ -112,21 +131,12 @@ def _budget_block(figs: dict[str, dict[int, dict]], labels: int, variant: str, s
         name: {metric: _mean_sd(list(block[metric][name].values())) for metric in ("dice", "hd95_mm", "asd_mm")}
         for name in arms
     }
-    paired = sorted(set(sup) & set(plg))
-    if paired:
-        with_ceiling = [s for s in paired if s in ceil]
-        a, b = _matrix(plg, variant, paired, cases, "dice"), _matrix(sup, variant, paired, cases, "dice")
-        gain = paired_gain(a, b)
-        block["paired_gain"] = {"mean": gain["mean"], "ci95": gain["ci95"], "seeds": paired, "n_cases": len(cases)}
-        if with_ceiling:
-            g = paired_gain(
-                _matrix(plg, variant, with_ceiling, cases, "dice"),
-                _matrix(sup, variant, with_ceiling, cases, "dice"),
-                ceiling=_matrix(ceil, variant, with_ceiling, cases, "dice"),
-            )
-            block["gap_recovered"] = g["gap_recovered"]
-            block["gap_recovered_ci95"] = g["gap_recovered_ci95"]
-            block["gap_seeds"] = with_ceiling
+    per_case = {
+        name: {seed: _matrix(runs, variant, [seed], cases, "dice")[0] for seed in runs} for name, runs in arms.items()
+    }
+    block.update(_gains(per_case[semi], per_case["supervised"], per_case["supervised_72"]))
+    if "paired_gain" in block:
+        block["paired_gain"]["n_cases"] = len(cases)
     return block
 
 
@@ -172,22 +182,7 @@ def window_gains(results_dir: str | os.PathLike, budgets: Iterable[int]) -> dict
                     arm: {str(s): float(np.mean(v)) for s, v in sorted(runs.items())} for arm, runs in arms.items()
                 }
             }
-            paired = sorted(set(arms["supervised"]) & set(arms["plgdf"]))
-            if paired:
-                a = np.array([arms["plgdf"][s] for s in paired], float)
-                b = np.array([arms["supervised"][s] for s in paired], float)
-                gain = paired_gain(a, b)
-                block["paired_gain"] = {"mean": gain["mean"], "ci95": gain["ci95"], "seeds": paired}
-                with_ceiling = [s for s in paired if s in arms["supervised_72"]]
-                if with_ceiling:
-                    g = paired_gain(
-                        np.array([arms["plgdf"][s] for s in with_ceiling], float),
-                        np.array([arms["supervised"][s] for s in with_ceiling], float),
-                        ceiling=np.array([arms["supervised_72"][s] for s in with_ceiling], float),
-                    )
-                    block["gap_recovered"] = g["gap_recovered"]
-                    block["gap_recovered_ci95"] = g["gap_recovered_ci95"]
-                    block["gap_seeds"] = with_ceiling
+            block.update(_gains(arms["plgdf"], arms["supervised"], arms["supervised_72"]))
             out.setdefault(str(n), {})[model] = block
     return out
 

@@ -44,8 +44,7 @@ class PseudoLabelMonitor:
         self.window, self.ratio, self.semi_warmup = int(window), float(ratio), str(semi_warmup)
         self._pseudo: deque[float] = deque(maxlen=self.window)
         self._label: deque[float] = deque(maxlen=self.window)
-        self.collapsed_at: int | None = None  # first iteration of the current episode's window
-        self.episodes: list[tuple[int, int | None]] = []  # (warned at, recovered at)
+        self.episodes: list[tuple[int, int | None]] = []  # (warned at, recovered at or None while collapsed)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -63,12 +62,12 @@ class PseudoLabelMonitor:
         if label <= 0.0:
             return  # no foreground in the labelled patches either: nothing to compare with
         it = engine.state.iteration
-        if self.collapsed_at is None and pseudo < self.ratio * label:
-            self.collapsed_at = it - self.window + 1
+        collapsed = bool(self.episodes) and self.episodes[-1][1] is None
+        if not collapsed and pseudo < self.ratio * label:
             self.episodes.append((it, None))
             if is_rank0():
                 logger.warning(self._message(it, pseudo, label))
-        elif self.collapsed_at is not None and pseudo >= 2.0 * self.ratio * label:
+        elif collapsed and pseudo >= 2.0 * self.ratio * label:
             self.episodes[-1] = (self.episodes[-1][0], it)
             if is_rank0():
                 logger.info(
@@ -78,7 +77,6 @@ class PseudoLabelMonitor:
                     it,
                     100.0 * label,
                 )
-            self.collapsed_at = None
 
     def _message(self, it: int, pseudo: float, label: float) -> str:
         advice = (
