@@ -3,7 +3,7 @@
 # demo studies, driven the way 3D Slicer drives it (next sample, auto segmentation, submit label, asynchronous
 # training polled to the end) for two labelling rounds (tests/monailabel/monailabel_check.py does the checks).
 #
-# Usage: bash tests/monailabel/monailabel_check.sh [--max-epochs N] [--min-dice D]
+# Usage: bash tests/monailabel/monailabel_check.sh [--max-epochs N] [--min-dice-first D1] [--min-dice D2]
 # Environment:
 #   PLGDF_MONAILABEL_VENV  the separate environment (default: <repo>/.venv-monailabel; created when missing)
 #   PLGDF_MONAILABEL_WORK  working folder for the app, studies and bundle copy (default: a new temporary folder)
