@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from bundle.data.prepare import read_list
 from bundle.data.prepare_brats import prepare_brats
+from scripts._split import print_counts, split_kwargs
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,21 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cases", nargs="+", help="only these cases")
     parser.add_argument("--overwrite", action="store_true", help="re-process existing outputs")
     args = parser.parse_args(argv)
-    datalist = prepare_brats(
-        args.src,
-        args.out,
-        datalist=args.datalist,
-        n_labelled=args.n_labelled,
-        n_val=args.n_val,
-        n_test=args.n_test,
-        seed=args.seed,
-        val_ids=read_list(args.val_list) if args.val_list else None,
-        test_ids=read_list(args.test_list) if args.test_list else None,
-        cases=args.cases,
-        overwrite=args.overwrite,
-    )
-    print(", ".join(f"{k} {len(v)}" for k, v in datalist.items()))
-    return datalist
+    return print_counts(prepare_brats(args.src, args.out, seed=args.seed, cases=args.cases, **split_kwargs(args)))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from bundle.data.prepare import read_list
 from bundle.data.prepare_pancreas import prepare_pancreas
+from scripts._split import print_counts, split_kwargs
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,22 +31,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--margin", type=int, default=25, help="x/y crop margin in voxels (default 25)")
     parser.add_argument("--overwrite", action="store_true", help="re-process existing outputs")
     args = parser.parse_args(argv)
-    datalist = prepare_pancreas(
-        args.images,
-        args.labels,
-        args.out,
-        datalist=args.datalist,
-        n_labelled=args.n_labelled,
-        n_val=args.n_val,
-        n_test=args.n_test,
-        test_ids=read_list(args.test_list) if args.test_list else None,
-        val_ids=read_list(args.val_list) if args.val_list else None,
-        spacing=args.spacing,
-        margin=args.margin,
-        overwrite=args.overwrite,
+    return print_counts(
+        prepare_pancreas(
+            args.images, args.labels, args.out, spacing=args.spacing, margin=args.margin, **split_kwargs(args)
+        )
     )
-    print(", ".join(f"{k} {len(v)}" for k, v in datalist.items()))
-    return datalist
 
 
 if __name__ == "__main__":

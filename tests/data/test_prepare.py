@@ -17,6 +17,7 @@ from bundle.data.datalist import load_datalist
 from bundle.data.prepare import la_entries, prepare_la, read_dicom_series, read_list, split_cases
 from bundle.data.prepare_brats import find_brats_cases, prepare_brats
 from bundle.data.prepare_pancreas import prepare_pancreas
+from scripts.prepare_pancreas import main as prepare_pancreas_cli
 from tests.conftest import REPO_ROOT, shared_path
 
 
@@ -131,7 +132,7 @@ def _write_dicom_series(volume_zyx: np.ndarray, spacing, origin, folder: Path) -
         writer.Execute(sl)
 
 
-def test_prepare_pancreas_dicom(tmp_path):
+def test_prepare_pancreas_dicom(tmp_path, capsys):
     shape_xyz, spacing, origin = (60, 50, 12), (0.7, 0.7, 2.5), (-20.0, -15.0, 30.0)
     x, y, z = np.meshgrid(*[np.arange(s) for s in shape_xyz], indexing="ij")
     label = ((x - 35) ** 2 / 36 + (y - 22) ** 2 / 16 + (z - 6) ** 2 / 4) <= 1  # the "pancreas"
@@ -172,6 +173,22 @@ def test_prepare_pancreas_dicom(tmp_path):
     np.testing.assert_allclose(world(lab.affine, np.nonzero(m)), world(ras, np.nonzero(label)), atol=0.6)
     # the HU window was applied before the z-score: air (-1000) and -125 HU map to the same value
     assert np.isclose(a.min(), a[~m.astype(bool)].min())
+    # the command line gives the same data list and volumes, and prints the counts
+    cli = prepare_pancreas_cli(
+        [
+            "--images",
+            str(tmp_path / "Pancreas-CT"),
+            "--labels",
+            str(tmp_path / "labels"),
+            "--out",
+            str(tmp_path / "cli"),
+        ]
+        + ["--n-labelled", "1", "--n-test", "0", "--margin", "5"]
+    )
+    assert [e["case_id"] for e in cli["training"]] == ["pancreas_0007"]
+    np.testing.assert_array_equal(nib.load(cli["training"][0]["image"]).get_fdata(), a)
+    assert "training 1" in capsys.readouterr().out
+
     (tmp_path / "Pancreas-CT" / "PANCREAS_0008").mkdir()
     with pytest.raises(FileNotFoundError, match="no label"):
         prepare_pancreas(tmp_path / "Pancreas-CT", tmp_path / "labels", tmp_path / "out", n_labelled=1, n_test=0)
