@@ -187,6 +187,57 @@ def window_gains(results_dir: str | os.PathLike, budgets: Iterable[int]) -> dict
     return out
 
 
+CROP_FOREGROUND = "la_lite_crop_foreground.json"
+LATE_FRACTION = 0.2  # the "late" part of a run: its last fifth of iterations
+
+
+def _late_mean(series: Sequence[Sequence[float]]) -> float | None:
+    """Mean of a logged ``[[iteration, value], ...]`` series over its last :data:`LATE_FRACTION` of iterations."""
+    if not series:
+        return None
+    last = max(i for i, _ in series)
+    values = [v for i, v in series if i > (1.0 - LATE_FRACTION) * last]
+    return float(np.mean(values)) if values else None
+
+
+def diagnosis(
+    figs: dict[str, dict[int, dict]], labels: int, results_dir: str | os.PathLike, variant: str = HEADLINE
+) -> dict[str, Any] | None:
+    """Where the gain of one budget comes from (issue #13's diagnosis), at ``variant``: per validation case the
+    Dice of each arm (mean over its seeds) and the paired gain (mean over the seeds both arms have); per
+    ``plgdf`` seed the pseudo-label foreground fraction late in training (mean over the last fifth) beside the
+    labelled crops' logged fraction and, from ``la_lite_crop_foreground.json`` (``python -m scripts.la_lite
+    crop-fg``), the true fraction of random crops of the unlabelled images. ``None`` without a paired seed."""
+    sup, plg = figs.get(f"supervised-{labels}", {}), figs.get(f"plgdf-{labels}", {})
+    ceil = figs.get(f"supervised-{CEILING}", {})
+    paired = sorted(set(sup) & set(plg))
+    if not paired:
+        return None
+    cases = sorted(plg[paired[0]]["evaluations"][variant]["cases"])
+
+    def case_means(runs: Mapping[int, Any], seeds: Sequence[int]) -> list[float]:
+        return [float(v) for v in _matrix(dict(runs), variant, list(seeds), cases, "dice").mean(axis=0)]
+
+    gain = _matrix(plg, variant, paired, cases, "dice") - _matrix(sup, variant, paired, cases, "dice")
+    out: dict[str, Any] = {
+        "variant": variant,
+        "seeds": paired,
+        "cases": cases,
+        "dice": {"supervised": case_means(sup, paired), "plgdf": case_means(plg, paired)},
+        "paired_gain": [float(v) for v in gain.mean(axis=0)],
+        "paired_gain_min": [float(v) for v in gain.min(axis=0)],
+    }
+    if ceil:
+        out["dice"]["supervised_72"] = case_means(ceil, sorted(ceil))
+    out["pseudo_fg_late"] = {str(s): _late_mean(plg[s]["curves"].get("pseudo_fg", [])) for s in sorted(plg)}
+    out["label_fg_late"] = {str(s): _late_mean(plg[s]["curves"].get("label_fg", [])) for s in sorted(plg)}
+    crop_file = Path(results_dir) / CROP_FOREGROUND
+    if crop_file.is_file():
+        parts = (json.loads(crop_file.read_text(encoding="utf-8")).get(str(labels)) or {}).get("parts", {})
+        out["true_crop_fg"] = {part: v["crop_fg"] for part, v in parts.items()}
+    return out
+
+
 def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = None) -> dict[str, Any]:
     """Rebuild ``la_lite_summary.json``, ``la_lite_campaign.md`` and ``la_lite_curves_<N>labels.png`` in
     ``results_dir`` from the per-run figures. The top level is the headline variant (:data:`HEADLINE`); every
@@ -218,6 +269,7 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
         if variant == HEADLINE:
             out["budgets"] = blocks
     out["current_default_window"] = window_gains(results_dir, budgets)
+    out["diagnosis"] = {str(n): d for n in budgets if (d := diagnosis(figs, n, results_dir)) is not None}
     write_json_atomic(results_dir / SUMMARY, out, indent=1)
     (results_dir / "la_lite_campaign.md").write_text(markdown(out, figs), encoding="utf-8")
     try:
@@ -292,6 +344,8 @@ def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
                 ]
                 lines.append(f"| {n} | {model} | {' | '.join(cells)} | {_ci(b)} | {_gap_cell(b)} |")
         lines.append("")
+    for n, d in (summary.get("diagnosis") or {}).items():
+        lines += _diagnosis_lines(n, d)
     lines += ["### Runs", "", "| run | seed | wall min | attempts | CPU | commit |", "|---|---|---|---|---|---|"]
     for name, runs in sorted(figs.items()):
         for s, f in sorted(runs.items()):
@@ -299,6 +353,39 @@ def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
             cpu = (f.get("machine") or {}).get("cpu", "?")
             lines.append(f"| {name} | {s} | {wall} | {f.get('attempts')} | {cpu} | {str(f.get('commit'))[:10]} |")
     return "\n".join(lines) + "\n"
+
+
+def _diagnosis_lines(labels: str, d: dict[str, Any]) -> list[str]:
+    """The per-case table and the pseudo-label foreground line of one budget's :func:`diagnosis`."""
+    arms = [a for a in ("supervised", "plgdf", "supervised_72") if a in d["dice"]]
+    seeds = ",".join(str(s) for s in d["seeds"])
+    lines = [
+        f"### Where the gain comes from: {labels} labelled, {d['variant']}, per validation case",
+        "",
+        f"Dice % per case, mean over seeds ({seeds}; supervised-72: its seeds); paired gain = plgdf − supervised "
+        "per case, mean (and smallest) over the paired seeds.",
+        "",
+        "| case | " + " | ".join(a.replace("_", "-") for a in arms) + " | paired gain (min) |",
+        "|---|" + "---|" * len(arms) + "---|",
+    ]
+    for i, case in enumerate(d["cases"]):
+        cells = " | ".join(f"{d['dice'][a][i]:.2f}" for a in arms)
+        lines.append(f"| {case} | {cells} | {d['paired_gain'][i]:+.2f} ({d['paired_gain_min'][i]:+.2f}) |")
+    fg = [f"seed {s} {v:.3f}" for s, v in d["pseudo_fg_late"].items() if v is not None]
+    label_fg = [v for v in d["label_fg_late"].values() if v is not None]
+    notes = [
+        "Pseudo-label foreground fraction (the teacher's, on unlabelled crops), last fifth of training: "
+        + (", ".join(fg) or "–")
+    ]
+    if label_fg:
+        notes.append(f"labelled crops (logged): {np.mean(label_fg):.3f}")
+    if d.get("true_crop_fg"):
+        notes.append(
+            "true fraction of random crops (`crop-fg`): "
+            + ", ".join(f"{part} {v:.3f}" for part, v in d["true_crop_fg"].items())
+        )
+    lines += ["", "; ".join(notes) + "."]
+    return lines + [""]
 
 
 def _curves(figs: dict[str, dict[int, dict]], results_dir: Path, budgets: Iterable[int]) -> None:

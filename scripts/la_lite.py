@@ -14,6 +14,7 @@ The campaign (labelled budget and seed first-class; see docs/results.md):
     python -m scripts.la_lite campaign --plan plgdf-4:0 --plan supervised-4:0 --commit-repo .
     python -m scripts.la_lite summary                    # statistics, tables, curves from the per-run figures
     python -m scripts.la_lite window-summary             # inference default vs paper stride, every checkpoint
+    python -m scripts.la_lite crop-fg --labels 4         # true foreground fraction of random crops, per part
 
 A campaign run lives in <run-root>/labels<N>/<arm>/seed<k>; after it ends its figures go to
 <results-dir>/la_lite_runs/<arm>-<N>_seed<k>.json (default results dir docs/results), the summary
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary",
             "bn-screen",
             "window-summary",
+            "crop-fg",
         ],
     )
     parser.add_argument("--la-dir", default="../shared/data/LA", help="LA folder (default ../shared/data/LA)")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", choices=["last", "best"], default="last", help="windows: which checkpoint (default last)"
     )
     parser.add_argument("--arm-name", choices=list(campaign.METHODS), help="run: the arm (method)")
-    parser.add_argument("--labels", type=int, choices=[4, 8, 16, 72], help="run: labelled budget")
+    parser.add_argument("--labels", type=int, choices=[4, 8, 16, 72], help="run, crop-fg: labelled budget")
     parser.add_argument("--seed", type=int, default=0, help="run: seed (default 0)")
     parser.add_argument("--plan", action="append", help="campaign: run spec <arm>-<labels>:<seed>, repeatable")
     parser.add_argument("--results-dir", default="docs/results", help="run/campaign/summary: figures folder")
@@ -151,6 +153,21 @@ def main(argv: list[str] | None = None) -> int:
                 command="python -m scripts.la_lite " + " ".join(argv),
             )
             print(json.dumps(out["targets"]), flush=True)
+            return 0
+        if args.step == "crop-fg":
+            from benchmarks.crop_foreground import crop_foreground
+
+            if not args.labels:
+                raise ValueError("crop-fg needs --labels (the budget whose data list is read).")
+            run_root = args.run_root if args.run_root != "runs/la_lite" else "runs/la_lite_campaign"
+            result = crop_foreground(Path(run_root) / "data" / f"datalist_{args.labels}.json", seed=args.seed)
+            result["command"] = "python -m scripts.la_lite " + " ".join(argv)
+            path = Path(args.results_dir) / "la_lite_crop_foreground.json"
+            recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            recorded[str(args.labels)] = result
+            path.write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
+            print(json.dumps(result["parts"], indent=2))
+            print(f"[crop-fg] recorded in {path}")
             return 0
         if args.step == "summary":
             out = campaign.summarize(args.results_dir)

@@ -1,4 +1,4 @@
-"""Paired gains at today's default window, read from window_summary.json."""
+"""The campaign report: paired gains at today's default window (read from window_summary.json) and the diagnosis."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.campaign_report import window_gains
+from benchmarks.campaign_report import _diagnosis_lines, diagnosis, window_gains
 
 
 def _row(name: str, dice: list[float], checkpoint: str = "best") -> dict:
@@ -41,3 +41,35 @@ def test_window_gains_pairs_seeds_and_recovers_the_gap(tmp_path):
 
 def test_window_gains_without_the_file_is_empty(tmp_path):
     assert window_gains(tmp_path, [4]) == {}
+
+
+def _figure(dice: list[float], pseudo_fg: list[float] | None = None) -> dict:
+    cases = {f"case{i}": {"dice": d / 100} for i, d in enumerate(dice)}
+    curves = {"val_dice": [[250 * (i + 1), 0.5] for i in range(5)]}
+    if pseudo_fg is not None:
+        curves["pseudo_fg"] = [[250 * (i + 1), v] for i, v in enumerate(pseudo_fg)]
+        curves["label_fg"] = [[250 * (i + 1), 0.2] for i in range(len(pseudo_fg))]
+    return {"evaluations": {"paper/best/student": {"cases": cases}}, "curves": curves}
+
+
+def test_diagnosis_per_case_gain_and_late_pseudo_label_fraction(tmp_path):
+    figs = {
+        "supervised-4": {0: _figure([80.0, 20.0]), 1: _figure([70.0, 30.0]), 2: _figure([90.0, 90.0])},
+        "plgdf-4": {
+            0: _figure([82.0, 70.0], pseudo_fg=[0.5, 0.3, 0.25, 0.24, 0.22]),  # last fifth: iteration 1250 only
+            1: _figure([68.0, 60.0], pseudo_fg=[0.1, 0.2, 0.2, 0.2, 0.26]),
+        },
+        "supervised-72": {0: _figure([90.0, 85.0])},
+    }
+    (tmp_path / "la_lite_crop_foreground.json").write_text(
+        json.dumps({"4": {"parts": {"unlabeled": {"crop_fg": 0.237}}}})
+    )
+    d = diagnosis(figs, 4, tmp_path)
+    assert d["seeds"] == [0, 1] and d["cases"] == ["case0", "case1"]  # seed 2 has no plgdf run: not paired
+    assert d["dice"]["supervised"] == pytest.approx([75.0, 25.0]) and d["dice"]["supervised_72"] == [90.0, 85.0]
+    assert d["paired_gain"] == pytest.approx([0.0, 40.0]) and d["paired_gain_min"] == pytest.approx([-2.0, 30.0])
+    assert d["pseudo_fg_late"] == {"0": pytest.approx(0.22), "1": pytest.approx(0.26)}
+    assert d["true_crop_fg"] == {"unlabeled": 0.237}
+    lines = "\n".join(_diagnosis_lines("4", d))
+    assert "| case1 | 25.00 | 65.00 | 85.00 | +40.00 (+30.00) |" in lines and "unlabeled 0.237" in lines
+    assert diagnosis({"supervised-4": figs["supervised-4"]}, 4, tmp_path) is None  # nothing paired
