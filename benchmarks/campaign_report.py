@@ -148,7 +148,37 @@ def _mean_sd(values: Sequence[float]) -> list[float | None]:
 
 
 def variants() -> list[str]:
+    """The eight evaluations of every run: protocol / checkpoint / model."""
     return [f"{p}/{c}/{m}" for p in PROTOCOLS for c in CHECKPOINTS for m in MODELS]
+
+
+BEST_OF_BOTH = "best_of_both"
+
+
+def best_of_both(fig: Mapping[str, Any]) -> str:
+    """The model that ``deploy_model: "best_of_both"`` (PLGDF+ candidate 1) would have deployed from a run:
+    ``"teacher"`` when the teacher's best in-training validation Dice beats the student's, else ``"student"``
+    (no teacher validation: the student)."""
+    curves = fig.get("curves") or {}
+    student = max((v for _, v in curves.get("val_dice") or []), default=-math.inf)
+    teacher = max((v for _, v in curves.get("val_dice_teacher") or []), default=-math.inf)
+    return "teacher" if teacher > student else "student"
+
+
+def derived_variants() -> list[str]:
+    """Variants computed from the eight: the best checkpoint of the model ``best_of_both`` picks, per protocol."""
+    return [f"{p}/best/{BEST_OF_BOTH}" for p in PROTOCOLS]
+
+
+def _add_derived(figs: dict[str, dict[int, dict]]) -> None:
+    """Add :func:`derived_variants` to every run's evaluations (in place) and record the pick as
+    ``best_of_both``."""
+    for runs in figs.values():
+        for fig in runs.values():
+            pick = fig["best_of_both"] = best_of_both(fig)
+            for p in PROTOCOLS:
+                if f"{p}/best/{pick}" in fig["evaluations"]:
+                    fig["evaluations"][f"{p}/best/{BEST_OF_BOTH}"] = fig["evaluations"][f"{p}/best/{pick}"]
 
 
 WINDOW_SUMMARY = "window_summary.json"
@@ -263,7 +293,9 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
         "variants": {},
     }
     out["machines"] = [json.loads(m) for m in out["machines"]]
-    for variant in variants():
+    _add_derived(figs)
+    out["best_of_both"] = {name: {str(s): f["best_of_both"] for s, f in sorted(r.items())} for name, r in figs.items()}
+    for variant in variants() + derived_variants():
         blocks = {str(n): b for n in budgets if (b := _budget_block(figs, n, variant)) is not None}
         out["variants"][variant] = blocks
         if variant == HEADLINE:

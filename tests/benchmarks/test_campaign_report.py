@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from benchmarks.campaign_report import _diagnosis_lines, diagnosis, window_gains
+from benchmarks.campaign_report import (
+    MODELS,
+    PROTOCOLS,
+    _add_derived,
+    _diagnosis_lines,
+    best_of_both,
+    derived_variants,
+    diagnosis,
+    window_gains,
+)
 
 
 def _row(name: str, dice: list[float], checkpoint: str = "best") -> dict:
@@ -73,3 +82,23 @@ def test_diagnosis_per_case_gain_and_late_pseudo_label_fraction(tmp_path):
     lines = "\n".join(_diagnosis_lines("4", d))
     assert "| case1 | 25.00 | 65.00 | 85.00 | +40.00 (+30.00) |" in lines and "unlabeled 0.237" in lines
     assert diagnosis({"supervised-4": figs["supervised-4"]}, 4, tmp_path) is None  # nothing paired
+
+
+def test_best_of_both_picks_the_better_validated_model_and_adds_its_variant():
+    def fig(student: list[float], teacher: list[float] | None) -> dict:
+        curves = {"val_dice": [[250 * (i + 1), v] for i, v in enumerate(student)]}
+        if teacher is not None:
+            curves["val_dice_teacher"] = [[250 * (i + 1), v] for i, v in enumerate(teacher)]
+        evaluations = {f"{p}/best/{m}": {"model": m, "protocol": p} for p in PROTOCOLS for m in MODELS}
+        return {"curves": curves, "evaluations": evaluations}
+
+    assert best_of_both(fig([0.5, 0.8], [0.6, 0.81])) == "teacher"
+    assert best_of_both(fig([0.5, 0.8], [0.8, 0.7])) == "student"  # a tie keeps the student
+    assert best_of_both(fig([0.5, 0.8], None)) == "student"  # no teacher validation
+    figs = {"plgdf-4": {0: fig([0.5], [0.9]), 1: fig([0.9], [0.5])}}
+    _add_derived(figs)
+    for seed, model in ((0, "teacher"), (1, "student")):
+        assert figs["plgdf-4"][seed]["best_of_both"] == model
+        for p in PROTOCOLS:
+            assert figs["plgdf-4"][seed]["evaluations"][f"{p}/best/best_of_both"]["model"] == model
+    assert derived_variants() == [f"{p}/best/best_of_both" for p in PROTOCOLS]
