@@ -21,6 +21,7 @@ import numpy as np
 from bundle.engine.files import write_json_atomic
 
 CEILING = 72  # the fully labelled budget: supervised-<CEILING> is the ceiling of the gap
+PLUS = "plgdf_plus"  # the PLGDF+ preset's arm (issue #18)
 PROTOCOLS = {"default": "monai", "paper": "paper"}
 CHECKPOINTS = ("best", "last")
 MODELS = ("student", "teacher")
@@ -137,6 +138,20 @@ def _budget_block(figs: dict[str, dict[int, dict]], labels: int, variant: str, s
     block.update(_gains(per_case[semi], per_case["supervised"], per_case["supervised_72"]))
     if "paired_gain" in block:
         block["paired_gain"]["n_cases"] = len(cases)
+    plus = figs.get(f"{PLUS}-{labels}", {})
+    if semi == "plgdf" and plus:  # issue #18: the PLGDF+ preset, against PLGDF and against supervised
+        per_plus = {s: _matrix(plus, variant, [s], cases, "dice")[0] for s in sorted(plus)}
+        block["dice"][PLUS] = {str(s): float(np.mean(v)) for s, v in per_plus.items()}
+        block["mean_sd"][PLUS] = {"dice": _mean_sd(list(block["dice"][PLUS].values()))}
+        vs_plgdf = _gains(per_plus, per_case[semi], {})
+        if vs_plgdf:
+            block["paired_gain_vs_plgdf"] = {k: vs_plgdf["paired_gain"][k] for k in ("mean", "ci95", "seeds")}
+        vs_sup = _gains(per_plus, per_case["supervised"], per_case["supervised_72"])
+        if vs_sup:
+            block[f"{PLUS}_paired_gain"] = vs_sup["paired_gain"]
+            if "gap_recovered" in vs_sup:
+                block[f"{PLUS}_gap_recovered"] = vs_sup["gap_recovered"]
+                block[f"{PLUS}_gap_recovered_ci95"] = vs_sup["gap_recovered_ci95"]
     return block
 
 
@@ -311,6 +326,79 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
     return out
 
 
+SCREEN_FILE = "plgdf_plus_screen.json"
+SCREEN_VARIANTS = ("paper/best/student", "default/best/student", "paper/best/teacher", f"paper/best/{BEST_OF_BOTH}")
+
+
+def screen_summary(
+    results_dir: str | os.PathLike, labels: int = 4, seed: int = 0, reference: str = "plgdf"
+) -> dict[str, Any]:
+    """The PLGDF+ screen (issue #18): every arm run at ``labels`` and ``seed`` in ``results_dir`` (its own folder,
+    one commit) against the ``reference`` arm of the same folder, on the validation cases. Per arm and variant
+    (:data:`SCREEN_VARIANTS`): the case-mean Dice and the difference to the reference with its 95 % bootstrap
+    interval over cases (one seed: the interval holds the case spread only); the best in-training validation Dice
+    of student and teacher, and the wall time. Writes ``plgdf_plus_screen.json`` there.
+
+    Raises:
+        FileNotFoundError: no figures of the reference arm at that budget and seed.
+    """
+    results_dir = Path(results_dir)
+    figs = load_figures(results_dir)
+    _add_derived(figs)
+    ref = figs.get(f"{reference}-{labels}", {}).get(seed)
+    if ref is None:
+        raise FileNotFoundError(
+            f"no {reference}-{labels} seed {seed} figures in {results_dir / RUNS_DIR}: the screen needs its reference."
+        )
+    out: dict[str, Any] = {"labels": labels, "seed": seed, "reference": reference, "arms": {}}
+    for name, runs in sorted(figs.items()):
+        arm, n = name.rsplit("-", 1)
+        if int(n) != labels or seed not in runs:
+            continue
+        fig = runs[seed]
+        row: dict[str, Any] = {"commit": fig.get("commit"), "wall_seconds": fig.get("wall_seconds")}
+        for key in ("val_dice", "val_dice_teacher"):
+            row[f"{key}_best"] = max((v for _, v in fig["curves"].get(key) or []), default=None)
+        row["best_of_both"] = fig["best_of_both"]
+        for variant in SCREEN_VARIANTS:
+            if variant not in fig["evaluations"] or variant not in ref["evaluations"]:
+                continue
+            cases = sorted(ref["evaluations"][variant]["cases"])
+            a = _matrix({0: fig}, variant, [0], cases, "dice")
+            b = _matrix({0: ref}, variant, [0], cases, "dice")
+            entry: dict[str, Any] = {"dice": float(a.mean())}
+            if arm != reference:
+                gain = paired_gain(a, b)
+                entry["vs_reference"] = {"mean": gain["mean"], "ci95": gain["ci95"]}
+            row[variant] = entry
+        out["arms"][arm] = row
+    write_json_atomic(results_dir / SCREEN_FILE, out, indent=1)
+    return out
+
+
+def screen_markdown(screen: dict[str, Any]) -> str:
+    """The screen's table: Dice % per arm and variant, with the difference to the reference [95 % CI over cases]."""
+    head = ["arm", *SCREEN_VARIANTS, "in-training best (student / teacher)", "wall min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, row in screen["arms"].items():
+        cells = [f"`{arm}`"]
+        for variant in SCREEN_VARIANTS:
+            entry = row.get(variant)
+            if entry is None:
+                cells.append("–")
+                continue
+            g = entry.get("vs_reference")
+            cells.append(
+                f"{entry['dice']:.2f}"
+                + (f" ({g['mean']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}])" if g else " (reference)")
+            )
+        best = [row.get("val_dice_best"), row.get("val_dice_teacher_best")]
+        cells.append(" / ".join(f"{v:.4f}" if v is not None else "–" for v in best))
+        cells.append(f"{row['wall_seconds'] / 60:.0f}" if row.get("wall_seconds") else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(ms: Sequence[float | None], digits: int = 2) -> str:
     m, sd = ms
     if m is None:
@@ -357,6 +445,12 @@ def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
                 f"| {n} | {_fmt(ms['supervised']['dice'])} | {_fmt(ms['plgdf']['dice'])} | "
                 f"{_fmt(ms['supervised_72']['dice'])} | {_ci(b)} | {_gap_cell(b)} | {seeds} |"
             )
+        for n, b in blocks.items():
+            if "paired_gain_vs_plgdf" in b:
+                lines.append(
+                    f"{n} labels, `{PLUS}`: {_fmt(b['mean_sd'][PLUS]['dice'])}; against plgdf "
+                    f"{_ci(b, 'paired_gain_vs_plgdf')}, against supervised {_ci(b, f'{PLUS}_paired_gain')}"
+                )
         lines.append("")
     current = summary.get("current_default_window") or {}
     if current:

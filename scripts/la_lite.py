@@ -15,6 +15,7 @@ The campaign (labelled budget and seed first-class; see docs/results.md):
     python -m scripts.la_lite summary                    # statistics, tables, curves from the per-run figures
     python -m scripts.la_lite window-summary             # inference default vs paper stride, every checkpoint
     python -m scripts.la_lite crop-fg --labels 4         # true foreground fraction of random crops, per part
+    python -m scripts.la_lite screen-summary --results-dir docs/results/plgdf_plus_screen   # PLGDF+ screen table
 
 A campaign run lives in <run-root>/labels<N>/<arm>/seed<k>; after it ends its figures go to
 <results-dir>/la_lite_runs/<arm>-<N>_seed<k>.json (default results dir docs/results), the summary
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             "bn-screen",
             "window-summary",
             "crop-fg",
+            "screen-summary",
         ],
     )
     parser.add_argument("--la-dir", default="../shared/data/LA", help="LA folder (default ../shared/data/LA)")
@@ -97,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", choices=["last", "best"], default="last", help="windows: which checkpoint (default last)"
     )
     parser.add_argument("--arm-name", choices=list(campaign.METHODS), help="run: the arm (method)")
-    parser.add_argument("--labels", type=int, choices=[4, 8, 16, 72], help="run, crop-fg: labelled budget")
-    parser.add_argument("--seed", type=int, default=0, help="run: seed (default 0)")
+    parser.add_argument(
+        "--labels", type=int, choices=[4, 8, 16, 72], help="run, crop-fg, screen-summary (default 4): labelled budget"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="run, crop-fg, screen-summary: seed (default 0)")
     parser.add_argument("--plan", action="append", help="campaign: run spec <arm>-<labels>:<seed>, repeatable")
     parser.add_argument("--results-dir", default="docs/results", help="run/campaign/summary: figures folder")
     parser.add_argument("--commit-repo", help="campaign: commit each run's figures in this git checkout")
@@ -168,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
             print(json.dumps(result["parts"], indent=2))
             print(f"[crop-fg] recorded in {path}")
+            return 0
+        if args.step == "screen-summary":
+            from benchmarks.campaign_report import screen_markdown, screen_summary
+
+            screen = screen_summary(args.results_dir, labels=args.labels or 4, seed=args.seed)
+            print(screen_markdown(screen))
             return 0
         if args.step == "summary":
             out = campaign.summarize(args.results_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,10 +11,14 @@ from benchmarks.campaign_report import (
     MODELS,
     PROTOCOLS,
     _add_derived,
+    _budget_block,
     _diagnosis_lines,
     best_of_both,
     derived_variants,
     diagnosis,
+    load_figures,
+    screen_markdown,
+    screen_summary,
     window_gains,
 )
 
@@ -102,3 +107,55 @@ def test_best_of_both_picks_the_better_validated_model_and_adds_its_variant():
         for p in PROTOCOLS:
             assert figs["plgdf-4"][seed]["evaluations"][f"{p}/best/best_of_both"]["model"] == model
     assert derived_variants() == [f"{p}/best/best_of_both" for p in PROTOCOLS]
+
+
+def _run_file(results: Path, arm: str, labels: int, seed: int, dice: list[float], student_val: float = 0.8) -> None:
+    evaluations = {
+        v: {"cases": {f"c{i}": {"dice": d / 100, "hd95_mm": 5.0, "asd_mm": 1.0} for i, d in enumerate(dice)}}
+        for v in ("paper/best/student", "default/best/student", "paper/best/teacher")
+    }
+    fig = {
+        "arm": arm,
+        "labels": labels,
+        "seed": seed,
+        "commit": "abc",
+        "wall_seconds": 600.0,
+        "evaluations": evaluations,
+        "curves": {"val_dice": [[250, student_val]], "val_dice_teacher": [[250, 0.7]]},
+    }
+    (results / "la_lite_runs").mkdir(parents=True, exist_ok=True)
+    (results / "la_lite_runs" / f"{arm}-{labels}_seed{seed}.json").write_text(json.dumps(fig))
+
+
+def test_screen_summary_reads_each_arm_against_its_own_reference(tmp_path):
+    _run_file(tmp_path, "plgdf", 4, 0, [80.0, 70.0])
+    _run_file(tmp_path, "plgdf_semi_warmup", 4, 0, [84.0, 76.0])
+    _run_file(tmp_path, "plgdf_semi_warmup", 4, 1, [0.0, 0.0])  # another seed: not in the seed-0 screen
+    _run_file(tmp_path, "plgdf_teacher_eval", 8, 0, [0.0, 0.0])  # another budget: left out
+    screen = screen_summary(tmp_path)
+    assert set(screen["arms"]) == {"plgdf", "plgdf_semi_warmup"}
+    row = screen["arms"]["plgdf_semi_warmup"]["paper/best/student"]
+    assert row["dice"] == pytest.approx(80.0) and row["vs_reference"]["mean"] == pytest.approx(5.0)
+    assert row["vs_reference"]["ci95"] == pytest.approx([4.0, 6.0])  # the two cases' differences
+    assert "vs_reference" not in screen["arms"]["plgdf"]["paper/best/student"]
+    assert screen["arms"]["plgdf"]["best_of_both"] == "student"
+    assert json.loads((tmp_path / "plgdf_plus_screen.json").read_text())["arms"].keys() == screen["arms"].keys()
+    table = screen_markdown(screen)
+    assert "| `plgdf_semi_warmup` | 80.00 (+5.00 [+4.00, +6.00])" in table and "(reference)" in table
+    with pytest.raises(FileNotFoundError, match="needs its reference"):
+        screen_summary(tmp_path, labels=8)
+
+
+def test_summary_reports_plgdf_plus_against_plgdf_and_supervised(tmp_path):
+    for seed in (0, 1):
+        _run_file(tmp_path, "supervised", 4, seed, [70.0, 60.0])
+        _run_file(tmp_path, "plgdf", 4, seed, [80.0, 70.0])
+        _run_file(tmp_path, "plgdf_plus", 4, seed, [82.0, 74.0])
+        _run_file(tmp_path, "supervised", 72, seed, [90.0, 90.0])
+    block = _budget_block(load_figures(tmp_path), 4, "paper/best/student")
+    assert block["dice"]["plgdf_plus"] == {"0": 78.0, "1": 78.0}
+    assert block["paired_gain_vs_plgdf"]["mean"] == pytest.approx(3.0)
+    assert block["paired_gain_vs_plgdf"]["seeds"] == [0, 1]
+    assert block["plgdf_plus_paired_gain"]["mean"] == pytest.approx(13.0)
+    assert block["plgdf_plus_gap_recovered"] == pytest.approx(13.0 / 25.0)  # (78 - 65) / (90 - 65)
+    assert block["paired_gain"]["mean"] == pytest.approx(10.0)  # plgdf's own gain is unchanged
