@@ -517,13 +517,19 @@ def _diagnosis_lines(labels: str, d: dict[str, Any]) -> list[str]:
 def _curves(figs: dict[str, dict[int, dict]], results_dir: Path, budgets: Iterable[int]) -> None:
     from bundle.evaluation.figures import learning_curves
 
+    colours = ("tab:blue", "tab:red", "tab:green", "tab:gray")  # one per arm, a line style per seed
+    dashes = ("-", "--", ":", "-.")
     for n in budgets:
-        series = {}
-        for name in (f"supervised-{n}", f"plgdf-{n}", f"supervised-{CEILING}"):
+        series, styles = {}, {}
+        for colour, name in zip(colours, (f"supervised-{n}", f"plgdf-{n}", f"{PLUS}-{n}", f"supervised-{CEILING}")):
             for s, f in sorted(figs.get(name, {}).items()):
                 if f["curves"].get("val_dice"):
                     series[f"{name} s{s}"] = [tuple(p) for p in f["curves"]["val_dice"]]
+                    styles[f"{name} s{s}"] = {"color": colour, "linestyle": dashes[s % len(dashes)]}
         if any(not k.startswith(f"supervised-{CEILING} ") for k in series):
             learning_curves(
-                series, results_dir / f"la_lite_curves_{n}labels.png", ylabel=f"validation Dice ({n} labelled)"
+                series,
+                results_dir / f"la_lite_curves_{n}labels.png",
+                ylabel=f"validation Dice ({n} labelled)",
+                styles=styles,
             )

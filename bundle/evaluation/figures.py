@@ -274,7 +274,10 @@ def training_curves(metrics: Series | str | Path, out_png: str | Path) -> Path:
 
 
 def learning_curves(
-    runs: dict[str, Sequence[tuple[int, float]]], out_png: str | Path, ylabel: str = "validation Dice"
+    runs: dict[str, Sequence[tuple[int, float]]],
+    out_png: str | Path,
+    ylabel: str = "validation Dice",
+    styles: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Validation Dice against iteration, one line per arm (e.g. supervised-8, plgdf-8, supervised-72).
 
@@ -282,6 +285,8 @@ def learning_curves(
         runs: ``{arm_name: [(iteration, val_dice), ...]}``.
         out_png: output path; parent folders are created.
         ylabel: y-axis label (default ``"validation Dice"``).
+        styles: ``{arm_name: matplotlib line keywords}`` (``color``, ``linestyle``...) for some lines. Default
+            ``None``: matplotlib's colour cycle.
 
     Returns:
         The written path.
@@ -294,7 +299,7 @@ def learning_curves(
         if not pts:
             continue
         its, ys = zip(*sorted(pts))
-        ax.plot(its, ys, marker="o", markersize=3, label=name)
+        ax.plot(its, ys, **{"marker": "o", "markersize": 3, **(styles or {}).get(name, {})}, label=name)
     ax.set(xlabel="iteration", ylabel=ylabel, title="learning curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -108,3 +108,8 @@ def test_training_and_learning_curves(tmp_path):
         training_curves({"lr": [(0, 0.01)]}, tmp_path / "none.png")
     runs = {"supervised-8": [(0, 0.1), (500, 0.6)], "plgdf-8": [(0, 0.1), (500, 0.7)], "supervised-72": []}
     assert learning_curves(runs, tmp_path / "learning.png").stat().st_size > 1000
+    # styles reach the lines: another colour and dash give another image; an unknown keyword is refused
+    styled = learning_curves(runs, tmp_path / "styled.png", styles={"plgdf-8": {"color": "k", "linestyle": ":"}})
+    assert styled.read_bytes() != (tmp_path / "learning.png").read_bytes()
+    with pytest.raises(AttributeError, match="no_such_property"):
+        learning_curves(runs, tmp_path / "bad.png", styles={"plgdf-8": {"no_such_property": 1}})
