@@ -199,12 +199,15 @@ def _add_derived(figs: dict[str, dict[int, dict]]) -> None:
 WINDOW_SUMMARY = "window_summary.json"
 
 
-def window_gains(results_dir: str | os.PathLike, budgets: Iterable[int]) -> dict[str, Any]:
+def window_gains(
+    results_dir: str | os.PathLike, budgets: Iterable[int], picks: Mapping[str, Mapping[int, str]] | None = None
+) -> dict[str, Any]:
     """Paired gains at the bundle's *current* default window, from ``window_summary.json`` (``python -m
     scripts.la_lite window-summary``), which scores the best-on-validation checkpoints with today's default; the
     campaign's own "default" protocol is the pinned commit's older window. ``{budget: {model: {"dice": {arm:
     {seed: Dice %}}, "paired_gain", "gap_recovered"...}}}`` for the seeds whose checkpoints are scored; ``{}``
-    without the file."""
+    without the file. With ``picks`` (``{"<arm>-<labels>": {seed: "student" | "teacher"}}``, what
+    :func:`best_of_both` chose from each run's curves) also the model ``best_of_both``."""
     path = Path(results_dir) / WINDOW_SUMMARY
     if not path.is_file():
         return {}
@@ -213,9 +216,13 @@ def window_gains(results_dir: str | os.PathLike, budgets: Iterable[int]) -> dict
         name, seed, checkpoint, model = row["name"].split("/")
         if checkpoint == "best" and "default" in row:
             per_case[(name, int(seed.removeprefix("seed")), model)] = row["default"]["dice_per_case"]
+    for name, seeds in (picks or {}).items():
+        for seed, model in seeds.items():
+            if (name, int(seed), model) in per_case:
+                per_case[(name, int(seed), BEST_OF_BOTH)] = per_case[(name, int(seed), model)]
     out: dict[str, Any] = {}
     for n in budgets:
-        for model in MODELS:
+        for model in (*MODELS, BEST_OF_BOTH):
             keys = {"supervised": f"supervised-{n}", "plgdf": f"plgdf-{n}", "supervised_72": f"supervised-{CEILING}"}
             arms = {
                 arm: {s: v for (a, s, m), v in per_case.items() if a == key and m == model} for arm, key in keys.items()
@@ -315,7 +322,7 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
         out["variants"][variant] = blocks
         if variant == HEADLINE:
             out["budgets"] = blocks
-    out["current_default_window"] = window_gains(results_dir, budgets)
+    out["current_default_window"] = window_gains(results_dir, budgets, picks=out["best_of_both"])
     out["diagnosis"] = {str(n): d for n in budgets if (d := diagnosis(figs, n, results_dir)) is not None}
     write_json_atomic(results_dir / SUMMARY, out, indent=1)
     (results_dir / "la_lite_campaign.md").write_text(markdown(out, figs), encoding="utf-8")
@@ -455,7 +462,7 @@ def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
     current = summary.get("current_default_window") or {}
     if current:
         lines += [
-            "### Today's default window / best / student and teacher (from `window_summary.json`)",
+            "### Today's default window / best / student, teacher and best_of_both (from `window_summary.json`)",
             "",
             "The campaign's own `default` rows above use the pinned commit's older window; these score the same "
             "best-on-validation checkpoints with the bundle's current default (only the seeds scored so far).",

@@ -53,6 +53,21 @@ def test_window_gains_pairs_seeds_and_recovers_the_gap(tmp_path):
     assert block["gap_seeds"] == [0] and block["gap_recovered"] == pytest.approx(7 / 15)
 
 
+def test_window_gains_best_of_both_uses_each_runs_pick(tmp_path):
+    rows = [
+        _row("supervised-4/seed0/student", [70.0, 80.0]),
+        _row("supervised-4/seed0/teacher", [60.0, 60.0]),
+        _row("plgdf-4/seed0/student", [80.0, 84.0]),
+        _row("plgdf-4/seed0/teacher", [90.0, 90.0]),
+    ]
+    (tmp_path / "window_summary.json").write_text(json.dumps({"checkpoints": rows}))
+    picks = {"supervised-4": {"0": "student"}, "plgdf-4": {"0": "teacher"}}
+    block = window_gains(tmp_path, [4], picks=picks)["4"]["best_of_both"]
+    assert block["dice"]["supervised"] == {"0": 75.0} and block["dice"]["plgdf"] == {"0": 90.0}
+    assert block["paired_gain"]["mean"] == pytest.approx(15.0)
+    assert "best_of_both" not in window_gains(tmp_path, [4])["4"]  # without the picks
+
+
 def test_window_gains_without_the_file_is_empty(tmp_path):
     assert window_gains(tmp_path, [4]) == {}
 
