@@ -174,10 +174,15 @@ def best_of_both(fig: Mapping[str, Any]) -> str:
     """The model that ``deploy_model: "best_of_both"`` (PLGDF+ candidate 1) would have deployed from a run:
     ``"teacher"`` when the teacher's best in-training validation Dice beats the student's, else ``"student"``
     (no teacher validation: the student)."""
-    curves = fig.get("curves") or {}
-    student = max((v for _, v in curves.get("val_dice") or []), default=-math.inf)
-    teacher = max((v for _, v in curves.get("val_dice_teacher") or []), default=-math.inf)
-    return "teacher" if teacher > student else "student"
+    student, teacher = _curve_best(fig, "val_dice"), _curve_best(fig, "val_dice_teacher")
+    if teacher is None:
+        return "student"
+    return "teacher" if student is None or teacher > student else "student"
+
+
+def _curve_best(fig: Mapping[str, Any], key: str) -> float | None:
+    """The best value of a run's logged curve ``key`` (``[[iteration, value], ...]``); ``None`` without one."""
+    return max((v for _, v in (fig.get("curves") or {}).get(key) or []), default=None)
 
 
 def derived_variants() -> list[str]:
@@ -365,7 +370,7 @@ def screen_summary(
         fig = runs[seed]
         row: dict[str, Any] = {"commit": fig.get("commit"), "wall_seconds": fig.get("wall_seconds")}
         for key in ("val_dice", "val_dice_teacher"):
-            row[f"{key}_best"] = max((v for _, v in fig["curves"].get(key) or []), default=None)
+            row[f"{key}_best"] = _curve_best(fig, key)
         row["best_of_both"] = fig["best_of_both"]
         for variant in SCREEN_VARIANTS:
             if variant not in fig["evaluations"] or variant not in ref["evaluations"]:

@@ -16,20 +16,24 @@ from typing import Any
 import numpy as np
 
 from bundle.data.datalist import load_datalist
+from bundle.data.readers import VolumeProblemError, read_volume
 
 PARTS = ("training", "unlabeled", "validation")
 
 
 def case_fractions(
-    h5_path: str | os.PathLike, crop: Sequence[int], n_crops: int, rng: np.random.Generator
+    path: str | os.PathLike, crop: Sequence[int], n_crops: int, rng: np.random.Generator
 ) -> tuple[float, float]:
-    """``(foreground fraction of the whole label volume, mean over n_crops random crops of size crop)``."""
-    import h5py
+    """``(foreground fraction of the whole label volume, mean over n_crops random crops of size crop)``.
 
-    with h5py.File(h5_path, "r") as f:
-        if "label" not in f:
-            raise KeyError(f"{h5_path}: no 'label' dataset")
-        label = np.asarray(f["label"][...]) > 0
+    Raises:
+        ValueError: the label cannot be read (:func:`bundle.data.readers.read_volume`'s message, with the file).
+    """
+    try:
+        _, data = read_volume(str(path), key="label")
+    except VolumeProblemError as err:
+        raise ValueError(f"{path}: {err}") from None
+    label = np.asarray(data) > 0
     fractions = []
     for _ in range(n_crops):
         start = [int(rng.integers(0, max(1, s - c + 1))) for s, c in zip(label.shape, crop)]
@@ -68,7 +72,10 @@ def crop_foreground(
         entries = lists.get(part, [])
         if not entries:
             raise ValueError(f"{datalist}: no cases in {part!r}")
-        per_case = {e.get("case_id", e["image"]): case_fractions(e["image"], crop, n_crops, rng) for e in entries}
+        per_case = {
+            e.get("case_id", e["image"]): case_fractions(e.get("label", e["image"]), crop, n_crops, rng)
+            for e in entries
+        }
         volume = np.array([v for v, _ in per_case.values()])
         crops = np.array([c for _, c in per_case.values()])
         out["parts"][part] = {

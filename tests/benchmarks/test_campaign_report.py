@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,13 +73,16 @@ def test_window_gains_without_the_file_is_empty(tmp_path):
     assert window_gains(tmp_path, [4]) == {}
 
 
-def _figure(dice: list[float], pseudo_fg: list[float] | None = None) -> dict:
-    cases = {f"case{i}": {"dice": d / 100} for i, d in enumerate(dice)}
-    curves = {"val_dice": [[250 * (i + 1), 0.5] for i in range(5)]}
+def _figure(dice: list[float], pseudo_fg: list[float] | None = None, student_val: float = 0.5, **info: Any) -> dict:
+    """A run's figures: the same per-case Dice in three best-checkpoint variants, validation curves and ``info``
+    (``arm``, ``labels``, ``seed``...)."""
+    cases = {f"case{i}": {"dice": d / 100, "hd95_mm": 5.0, "asd_mm": 1.0} for i, d in enumerate(dice)}
+    evaluations = {v: {"cases": cases} for v in ("paper/best/student", "default/best/student", "paper/best/teacher")}
+    curves = {"val_dice": [[250 * (i + 1), student_val] for i in range(5)], "val_dice_teacher": [[250, 0.4]]}
     if pseudo_fg is not None:
         curves["pseudo_fg"] = [[250 * (i + 1), v] for i, v in enumerate(pseudo_fg)]
         curves["label_fg"] = [[250 * (i + 1), 0.2] for i in range(len(pseudo_fg))]
-    return {"evaluations": {"paper/best/student": {"cases": cases}}, "curves": curves}
+    return {"evaluations": evaluations, "curves": curves, "wall_seconds": 600.0, "commit": "abc", **info}
 
 
 def test_diagnosis_per_case_gain_and_late_pseudo_label_fraction(tmp_path):
@@ -124,21 +128,9 @@ def test_best_of_both_picks_the_better_validated_model_and_adds_its_variant():
     assert derived_variants() == [f"{p}/best/best_of_both" for p in PROTOCOLS]
 
 
-def _run_file(results: Path, arm: str, labels: int, seed: int, dice: list[float], student_val: float = 0.8) -> None:
-    evaluations = {
-        v: {"cases": {f"c{i}": {"dice": d / 100, "hd95_mm": 5.0, "asd_mm": 1.0} for i, d in enumerate(dice)}}
-        for v in ("paper/best/student", "default/best/student", "paper/best/teacher")
-    }
-    fig = {
-        "arm": arm,
-        "labels": labels,
-        "seed": seed,
-        "commit": "abc",
-        "wall_seconds": 600.0,
-        "evaluations": evaluations,
-        "curves": {"val_dice": [[250, student_val]], "val_dice_teacher": [[250, 0.7]]},
-    }
+def _run_file(results: Path, arm: str, labels: int, seed: int, dice: list[float]) -> None:
     (results / "la_lite_runs").mkdir(parents=True, exist_ok=True)
+    fig = _figure(dice, arm=arm, labels=labels, seed=seed)
     (results / "la_lite_runs" / f"{arm}-{labels}_seed{seed}.json").write_text(json.dumps(fig))
 
 

@@ -51,3 +51,7 @@ def test_crop_foreground_per_part(tmp_path):
     assert per_crop["crop_fg"] == pytest.approx(0.353, abs=0.03) and per_crop["crop_fg_sd"] > 0
     with pytest.raises(ValueError, match="no cases in 'test'"):
         crop_foreground(datalist, parts=("test",))
+    with h5py.File(tmp_path / "u" / "mri_norm2.h5", "w") as f:  # a case without its label: named in the error
+        f["image"] = np.zeros((20, 20, 10), np.float32)
+    with pytest.raises(ValueError, match=r"u/mri_norm2.h5: has no dataset 'label'"):
+        crop_foreground(datalist, parts=("unlabeled",))
