@@ -1,5 +1,5 @@
 """Speed of the sliding-window inference over one volume (:func:`bench_inference`): the paper's strided window against
-the bundle's default ``SlidingWindowInferer``, with the number of windows each ran."""
+the bundle's default window, with the number of windows each ran."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ def bench_inference(
     seed: int = 0,
     cpu_precision: str | None = None,
     compile: bool = False,
+    default: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Seconds per volume of the paper's strided window and of the bundle's ``SlidingWindowInferer``.
+    """Seconds per volume of the paper's strided window and of the bundle's default window.
 
     Args:
         cpu_precision: the network as ``configs/inference.json`` runs it
@@ -40,8 +41,10 @@ def bench_inference(
         compile: ``torch.compile`` the network (the warm-up run compiles it). Default False.
         stride: the paper protocol's stride; default :func:`bundle.evaluation.evaluate.paper_stride` of ``roi_size``, or
             ``roi // 4`` for windows the paper does not define.
-        overlap, mode, sw_batch_size: the bundle default's window; ``None`` (default) reads ``configs/inference.json``
-            (``sw_overlap``, ``sw_mode``, ``sw_sigma_scale``, ``sw_average``: probabilities blended).
+        default: the bundle default's window as a :mod:`benchmarks.window_study` setting; ``None`` (default) reads
+            ``configs/inference.json`` for ``roi_size`` (:func:`benchmarks.window_campaign.default_setting`).
+        overlap, mode: MONAI's overlap window with this overlap instead of the default window / its blending.
+        sw_batch_size: windows per forward pass, both protocols.
         repeats / paper_repeats: timed runs of the default / paper protocol, after one warm-up run of the default
             (``paper_repeats`` defaults to ``repeats``).
     """
@@ -66,8 +69,13 @@ def bench_inference(
     stride = tuple(stride) if stride is not None else PAPER_STRIDES.get(roi, tuple(max(1, r // 4) for r in roi))
     x = torch.randn((1, 1, *volume), device=device)
     paper = StridedSlidingWindowInferer(roi_size=roi, stride=stride, num_classes=2, sw_batch_size=sw_batch_size)
-    setting = dict(default_setting())
-    setting.update({k: v for k, v in (("overlap", overlap), ("mode", mode)) if v is not None})
+    setting = dict(default if default is not None else default_setting(roi_size=roi))
+    if overlap is not None:
+        setting = {"overlap": overlap, "mode": mode or "gaussian", "average": "probabilities"}
+    elif mode is not None:
+        setting = {k: v for k, v in setting.items() if k != "sigma"} if mode == "constant" else setting
+        if "overlap" in setting:
+            setting["mode"] = mode
     default = build_inferer(setting, roi, sw_batch_size=sw_batch_size)
     counted = {"n": 0}
 

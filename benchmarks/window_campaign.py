@@ -5,10 +5,12 @@ LA-lite validation cases are scored with each window setting (:func:`benchmarks.
 seconds per volume of the inferer alone, forward passes), all in one process over one preprocessing of the cases;
 peak memory per setting is that of a fresh process running the setting once on the largest validation volume
 (:func:`benchmarks.window_study.peak_memory_gb`). The paper's full-resolution configuration (215x140x88 volume,
-V-Net 16, 112x112x80 window; random weights: speed and memory only) is timed the same way.
+V-Net 16, 112x112x80 window, ``configs/presets/la.json``'s default window; random weights: speed and memory only)
+is timed the same way.
 
-``default`` is read from ``configs/inference.json`` (``sw_overlap``, ``sw_mode``, ``sw_sigma_scale``,
-``sw_average``), so the summary always describes what users run. Results are written after every checkpoint and a
+``default`` is read from ``configs/inference.json`` and the preset (:func:`default_setting`: the lattice
+window's ``sw_lattice_stride``, ``sw_keep``, ``sw_mode`` / ``sw_sigma_scale``), so the summary always describes what
+users run. Results are written after every checkpoint and a
 rerun skips the checkpoints already scored (``--resume``). Command: ``python -m scripts.la_lite window-summary``.
 """
 
@@ -34,14 +36,37 @@ MODELS = ("student_best", "teacher_best")
 __all__ = ["default_setting", "find_checkpoints", "full_resolution", "window_summary"]
 
 
-def default_setting(config: str | os.PathLike = ROOT / "configs" / "inference.json") -> dict[str, Any]:
-    """The sliding window of ``config`` as a :mod:`benchmarks.window_study` setting."""
-    cfg = json.loads(Path(config).read_text(encoding="utf-8"))
+def default_setting(
+    config: str | os.PathLike = ROOT / "configs" / "inference.json",
+    presets: Sequence[str | os.PathLike] = (),
+    roi_size: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """The default window of ``config`` (+ ``presets``; ``roi_size`` overrides ``sw_roi_size``) as a
+    :mod:`benchmarks.window_study` setting: ``{"stride", "keep", "sigma"}`` for the lattice window (``"sigma"`` only
+    with gaussian blending), ``{"overlap", "mode", "sigma", "average"}`` for MONAI's overlap window, ``{"stride"}``
+    for the paper's."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(config), *[str(p) for p in presets]])
+    if roi_size is not None:
+        parser["sw_roi_size"] = [int(r) for r in roi_size]
+    window = parser["window_inferer"]
+    if window == "@lattice_inferer":
+        setting = {
+            "stride": [int(s) for s in parser.get_parsed_content("sw_lattice_stride")],
+            "keep": int(parser.get_parsed_content("sw_keep")),
+        }
+        if parser.get_parsed_content("sw_mode") == "gaussian":
+            setting["sigma"] = parser.get_parsed_content("sw_sigma_scale")
+        return setting
+    if window == "@strided_inferer":
+        return {"stride": [int(s) for s in parser.get_parsed_content("sw_stride")]}
     return {
-        "overlap": cfg["sw_overlap"],
-        "mode": cfg["sw_mode"],
-        "sigma": cfg.get("sw_sigma_scale", 0.125),
-        "average": cfg.get("sw_average", "logits"),
+        "overlap": parser.get_parsed_content("sw_overlap"),
+        "mode": parser.get_parsed_content("sw_mode"),
+        "sigma": parser.get_parsed_content("sw_sigma_scale"),
+        "average": parser.get_parsed_content("sw_average"),
     }
 
 
@@ -64,11 +89,18 @@ def full_resolution(repeats: int = 2, memory: bool = True) -> dict[str, Any]:
     one warm-up run first, both in the same process)."""
     from benchmarks.speed import bench_inference
 
+    default = default_setting(presets=[ROOT / "configs" / "presets" / "la.json"], roi_size=FULL_ROI)
     res = bench_inference(
-        "cpu", FULL_VOLUME, FULL_ROI, stride=PAPER_FULL["stride"], n_filters=FULL_WIDTH, repeats=repeats
+        "cpu",
+        FULL_VOLUME,
+        FULL_ROI,
+        stride=PAPER_FULL["stride"],
+        n_filters=FULL_WIDTH,
+        repeats=repeats,
+        default=default,
     )
     out: dict[str, Any] = {"volume": list(FULL_VOLUME), "roi": list(FULL_ROI), "n_filters": FULL_WIDTH}
-    for name, key, setting in (("default", "default", default_setting()), ("paper_stride", "paper", PAPER_FULL)):
+    for name, key, setting in (("default", "default", default), ("paper_stride", "paper", PAPER_FULL)):
         row = {"seconds": res[key]["seconds_per_volume"], "forwards": res[key]["windows"], "setting": dict(setting)}
         if memory:
             row["peak_gb"] = peak_memory_gb(setting, FULL_VOLUME, FULL_ROI, FULL_WIDTH)
@@ -101,7 +133,7 @@ def window_summary(
     checkpoints = find_checkpoints(campaign_root, models)
     if not checkpoints:
         raise FileNotFoundError(f"{campaign_root}: no finished campaign run with {list(models)} in eval_models/.")
-    default = default_setting(configs[0])
+    default = default_setting(configs[0], configs[1:])
     settings = {"default": default, "paper_stride": PAPER_LA_LITE, **dict(extra_settings or {})}
     previous = json.loads(out_file.read_text(encoding="utf-8")) if resume and out_file.is_file() else {}
     rows = {r["name"]: r for r in previous.get("checkpoints", []) if r.get("default", {}).get("setting") == default}

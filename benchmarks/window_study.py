@@ -12,7 +12,9 @@ A setting is a dict:
   training patch; sizes divisible by 16) and ``"tta": [[0], ...]`` (flip test-time augmentation); all through
   :class:`bundle.inference.inferers.ProbabilityInferer`;
 - ``{"stride": [9, 9, 2]}``: the paper's exact-stride window with uniform averaging
-  (:class:`bundle.inference.inferers.StridedSlidingWindowInferer`).
+  (:class:`bundle.inference.inferers.StridedSlidingWindowInferer`), optionally ``"keep": 7`` (one window of every
+  seven of that grid, a lattice subset: :func:`bundle.inference.inferers.lattice_windows`) and ``"sigma": 0.5``
+  (gaussian weights instead of the uniform average).
 
 ``python -m scripts.la_lite windows`` runs it on the LA-lite validation cases (``docs/results.md``).
 """
@@ -41,7 +43,7 @@ WINDOW_SETTINGS: dict[str, dict[str, Any]] = {
     "overlap 0.75, constant": {"overlap": 0.75, "mode": "constant"},
     "paper stride 9x9x2": {"stride": [9, 9, 2]},
 }
-_KEYS = {"overlap", "mode", "sigma", "average", "roi", "tta", "stride"}
+_KEYS = {"overlap", "mode", "sigma", "average", "roi", "tta", "stride", "keep"}
 
 
 def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batch_size: int = 4) -> Any:
@@ -54,10 +56,20 @@ def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batc
     if unknown:
         raise ValueError(f"unknown window setting keys {sorted(unknown)}; use {sorted(_KEYS)}.")
     roi = [int(r) for r in setting.get("roi", patch_size)]
+    if "keep" in setting and "stride" not in setting:
+        raise ValueError(f"'keep' needs a 'stride' (the grid it keeps one window in so many of), got {dict(setting)}.")
     if "stride" in setting:
-        if set(setting) - {"stride", "roi"}:
-            raise ValueError(f"a stride setting takes only 'roi' besides 'stride', got {dict(setting)}.")
-        inner = StridedSlidingWindowInferer(roi, [int(s) for s in setting["stride"]], sw_batch_size=sw_batch_size)
+        if set(setting) - {"stride", "roi", "keep", "sigma"}:
+            raise ValueError(
+                f"a stride setting takes only 'roi', 'keep' and 'sigma' besides 'stride', got {dict(setting)}."
+            )
+        inner = StridedSlidingWindowInferer(
+            roi,
+            [int(s) for s in setting["stride"]],
+            sw_batch_size=sw_batch_size,
+            keep=int(setting.get("keep", 1)),
+            sigma_scale=setting.get("sigma"),
+        )
         return ProbabilityInferer(inner)
     inner = SlidingWindowInferer(
         roi,
@@ -180,11 +192,14 @@ def compare_windows(
         seen["n"] += x.shape[0]
         return net(x)
 
-    out: dict[str, Any] = {}
-    for name, setting in settings.items():
-        inferer = build_inferer(setting, patch)
-        scores, seconds, windows = [], [], []
-        for _case_id, image, label in cases:
+    inferers = {name: build_inferer(setting, patch) for name, setting in settings.items()}
+    scores: dict[str, list[float]] = {name: [] for name in settings}
+    seconds: dict[str, list[float]] = {name: [] for name in settings}
+    windows: dict[str, list[int]] = {name: [] for name in settings}
+    # case by case, every setting in turn: the settings are timed side by side, so a drift of the machine's speed
+    # over the run moves them together instead of biasing their ratio
+    for _case_id, image, label in cases:
+        for name, inferer in inferers.items():
             times = []
             for _ in range(max(1, repeats)):
                 seen["n"] = 0
@@ -193,17 +208,19 @@ def compare_windows(
                     prob = inferer(image, counting_net)
                 times.append(time.perf_counter() - start)
             pred = prob[0].argmax(0).numpy() > 0
-            scores.append(dice(pred, label))
-            seconds.append(statistics.median(times))
-            windows.append(seen["n"])
+            scores[name].append(dice(pred, label))
+            seconds[name].append(statistics.median(times))
+            windows[name].append(seen["n"])
+    out: dict[str, Any] = {}
+    for name, setting in settings.items():
         out[name] = {
             "setting": dict(setting),
-            "dice_mean": float(np.mean(scores)),
-            "dice_std": float(np.std(scores)),
-            "dice_median": float(np.median(scores)),
-            "dice_per_case": [float(s) for s in scores],
-            "seconds_per_volume": float(statistics.median(seconds)),
-            "windows_per_volume": float(np.mean(windows)),
+            "dice_mean": float(np.mean(scores[name])),
+            "dice_std": float(np.std(scores[name])),
+            "dice_median": float(np.median(scores[name])),
+            "dice_per_case": [float(s) for s in scores[name]],
+            "seconds_per_volume": float(statistics.median(seconds[name])),
+            "windows_per_volume": float(np.mean(windows[name])),
         }
         print(
             f"[windows] {name}: Dice {out[name]['dice_mean']:.4f}, {out[name]['seconds_per_volume']:.2f} s and "

@@ -59,19 +59,29 @@ def main(argv: list[str] | None = None) -> dict:
     )
     proto.add_argument(
         "--protocol",
-        choices=["monai", "paper"],
-        default="monai",
-        help="monai: SlidingWindowInferer (overlap); paper: exact stride, uniform averaging",
+        choices=["default", "monai", "paper"],
+        default="default",
+        help="default (or monai): the bundle's inference window (configs/inference.json: a lattice subset of a dense "
+        "grid, gaussian blending); paper: exact stride, uniform averaging",
     )
     proto.add_argument("--roi", type=int, nargs=3, help="window size (default: the config's patch_size)")
     proto.add_argument("--stride", type=int, nargs=3, help="paper protocol stride (default 18 18 4 / 16 16 16)")
     proto.add_argument(
-        "--overlap", type=float, nargs="+", help="monai protocol overlap, one value or one per axis (default: config)"
+        "--overlap",
+        type=float,
+        nargs="+",
+        help="MONAI SlidingWindowInferer with this overlap (one value or one per axis) instead of the default window",
     )
-    proto.add_argument("--mode", choices=["constant", "gaussian"], help="monai protocol blending")
+    proto.add_argument(
+        "--mode",
+        choices=["constant", "gaussian"],
+        help="blending of the default window: gaussian or constant (uniform)",
+    )
     proto.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
-    proto.add_argument("--tta", action="store_true", help="flip test-time augmentation (monai protocol)")
-    proto.add_argument("--largest-cc", action="store_true", help="keep the largest connected component (monai)")
+    proto.add_argument("--tta", action="store_true", help="flip test-time augmentation (default protocol)")
+    proto.add_argument(
+        "--largest-cc", action="store_true", help="keep the largest connected component (default protocol)"
+    )
     proto.add_argument("--device", help="e.g. cpu or cuda:0 (default: CUDA when available)")
     proto.add_argument(
         "--set",

@@ -138,22 +138,27 @@ def test_checkpoint_round_trip_on_gpu(tmp_path):
 def test_inference_on_gpu_equals_cpu():
     from monai.inferers import SlidingWindowInferer
 
-    from bundle.inference.inferers import ProbabilityInferer
+    from bundle.inference.inferers import ProbabilityInferer, StridedSlidingWindowInferer
 
     _seed(0)
     net = PLGDFVNet(1, 2, n_filters=4).eval()
     net.load_state_dict({k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
                          for k, v in net.state_dict().items()})  # fmt: skip
     volume = torch.randn(1, 1, 60, 50, 40, generator=torch.Generator().manual_seed(3))
-    inferer = ProbabilityInferer(SlidingWindowInferer(PATCH, sw_batch_size=4, overlap=0.5, mode="gaussian"))
-    with torch.no_grad():
-        cpu = inferer(volume, net)
-        gpu_net = inference_network(net.cuda(), "bf16_cl", device="cuda")  # cpu_precision is ignored on CUDA
-        assert gpu_net is net and net.precision_report["chosen"] is None
-        gpu = inferer(volume.cuda(), gpu_net).cpu()
-    assert gpu.shape == cpu.shape == (1, 2, 60, 50, 40)
-    assert (gpu - cpu).abs().max() < 1e-2  # TF32 convolutions on the GPU
-    assert (gpu.argmax(1) == cpu.argmax(1)).float().mean() > 0.999
+    stride = [max(1, r * 3 // 16) for r in PATCH[:-1]] + [max(1, PATCH[-1] // 16)]
+    for window in (  # MONAI's overlap window and the bundle's default (a lattice of a dense grid, gaussian)
+        SlidingWindowInferer(PATCH, sw_batch_size=4, overlap=0.5, mode="gaussian"),
+        StridedSlidingWindowInferer(PATCH, stride, num_classes=2, sw_batch_size=4, keep=7, sigma_scale=0.5),
+    ):
+        inferer = ProbabilityInferer(window, average="probabilities")
+        with torch.no_grad():
+            cpu = inferer(volume, net.cpu())
+            gpu_net = inference_network(net.cuda(), "bf16_cl", device="cuda")  # cpu_precision is ignored on CUDA
+            assert gpu_net is net and net.precision_report["chosen"] is None
+            gpu = inferer(volume.cuda(), gpu_net).cpu()
+        assert gpu.shape == cpu.shape == (1, 2, 60, 50, 40)
+        assert (gpu - cpu).abs().max() < 1e-2  # TF32 convolutions on the GPU
+        assert (gpu.argmax(1) == cpu.argmax(1)).float().mean() > 0.999
 
 
 DUMP = {

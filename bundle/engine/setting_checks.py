@@ -117,9 +117,12 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_workers": _integer(0),
     "bn_reestimate_batches": _integer(0),
     "sw_batch_size": _integer(1),
+    "sw_keep": _integer(1),
     "seed": _integer(0),
     "patch_size": _triple(lambda x: _is_int(x) and x > 0 and x % 16 == 0, "positive whole numbers divisible by 16"),
     "sw_roi_size": _triple(lambda x: _is_int(x) and x > 0 and x % 16 == 0, "positive whole numbers divisible by 16"),
+    "sw_lattice_stride": _triple(lambda x: _is_int(x) and x > 0, "positive whole numbers (voxels)"),
+    "sw_stride": _triple(lambda x: _is_int(x) and x > 0, "positive whole numbers (voxels)"),
     "spacing": _triple(lambda x: _is_number(x) and x > 0, "positive numbers (mm)", none_ok=True),
     "ct_window": ((lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)) and v[0] < v[1]),
                   "a list [low, high] of Hounsfield units with low < high"),  # fmt: skip

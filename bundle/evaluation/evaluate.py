@@ -46,7 +46,7 @@ def describe_inferer(inferer: Any) -> dict[str, Any]:
         if hasattr(inferer, "average"):
             desc["average"] = inferer.average
     desc["name"] = type(inner).__name__
-    for attr in ("roi_size", "stride", "overlap", "mode", "sigma_scale", "sw_batch_size"):
+    for attr in ("roi_size", "stride", "keep", "overlap", "mode", "sigma_scale", "sw_batch_size"):
         if hasattr(inner, attr):
             value = getattr(inner, attr)
             desc[attr] = list(value) if isinstance(value, (tuple, list)) else getattr(value, "value", value)
@@ -95,11 +95,15 @@ def evaluate_checkpoint(
             bilinear, labels nearest, through the preprocessing's ``Spacingd``). Default ``None``: native grid.
         configs: extra config files merged after the two (dataset presets such as ``configs/presets/la.json``).
             Default: ``configs/presets/la.json`` for LA cases, none for a data list.
-        protocol: ``"monai"`` (``SlidingWindowInferer``: ``overlap``, ``mode``) or ``"paper"`` (exact-stride
-            window, uniform averaging, no TTA, no component filtering). Default ``"monai"``.
+        protocol: ``"monai"`` or ``"default"`` (the same: the bundle's default window, ``window_inferer`` of
+            ``configs/inference.json``, a lattice subset of a dense strided grid with gaussian blending) or
+            ``"paper"`` (exact-stride window, uniform averaging, no TTA, no component filtering). Default ``"monai"``.
         roi_size: window size; default the config's ``patch_size``.
         stride: paper protocol stride; default :func:`paper_stride` of the window.
-        overlap, mode, sw_batch_size: ``SlidingWindowInferer`` settings; default the config's.
+        overlap: MONAI ``SlidingWindowInferer`` overlap (one value or one per axis): gives that window instead of
+            the default one. Default ``None``.
+        mode, sw_batch_size: blending (``"gaussian"`` or ``"constant"``) and windows per forward pass; default the
+            config's.
         space: ``"original"`` or ``"model"``; default ``"model"`` for LA cases, ``"original"`` for a data list.
         empty_policy: ``"nan"`` (default) or ``"reference"``.
         figures: per-case PNGs and the overview. Default True.
@@ -128,8 +132,8 @@ def evaluate_checkpoint(
     del state
     if (datalist is None) == (la_dir is None):
         raise ValueError("give exactly one data source: a data list, or an LA folder with a list file.")
-    if protocol not in ("monai", "paper"):
-        raise ValueError(f"protocol must be 'monai' or 'paper', got {protocol!r}.")
+    if protocol not in ("monai", "default", "paper"):
+        raise ValueError(f"protocol must be 'default' (also 'monai') or 'paper', got {protocol!r}.")
     configs = [str(c) for c in configs]
     if la_dir is not None:
         if la_list is None:
@@ -178,8 +182,9 @@ def evaluate_checkpoint(
         else:
             params["sw_stride"] = "$bundle.evaluation.evaluate.paper_stride(@sw_roi_size)"
     else:
-        params.update(window_inferer="@sliding_window_inferer", tta=bool(tta), keep_largest_cc=bool(keep_largest_cc))
-        if overlap is not None:
+        params.update(tta=bool(tta), keep_largest_cc=bool(keep_largest_cc))
+        if overlap is not None:  # MONAI's overlap-placed window instead of the default lattice
+            params["window_inferer"] = "@sliding_window_inferer"
             params["sw_overlap"] = [float(o) for o in overlap] if isinstance(overlap, (list, tuple)) else float(overlap)
         if mode is not None:
             params["sw_mode"] = mode

@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, bundle_env
 
 from benchmarks import speed
 from bundle.engine import precision as cpu_precisions
-from bundle.inference.inferers import count_windows
+from bundle.inference.inferers import count_windows, lattice_windows
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # timings and probes on one torch thread
 
@@ -136,10 +136,9 @@ def test_bench_speed_cli_merges_a_host_entry_into_the_summary(tmp_path):
 def test_inference_benchmark_counts_windows():
     out = speed.bench_inference("cpu", (40, 30, 20), (16, 16, 16), stride=(8, 8, 8), n_filters=2, repeats=1)
     assert out["paper"]["windows"] == count_windows((40, 30, 20), (16, 16, 16), (8, 8, 8)) == 4 * 3 * 2
-    # the default of configs/inference.json, overlap [0.66, 0.66, 0.75] -> intervals 5, 5, 4:
-    # x 0,5,...,20,24 (6), y 0,5,10,14 (4), z 0,4 (2)
-    assert out["default"]["windows"] == 6 * 4 * 2 and out["default"]["mode"] == "gaussian"
-    assert out["default"]["average"] == "probabilities"
+    # the default of configs/inference.json for a 16^3 window: one in 7 of a 3x3x1 grid (a lattice, topped up)
+    assert out["default"]["windows"] == len(lattice_windows((40, 30, 20), (16, 16, 16), (3, 3, 1), 7)) == 49
+    assert out["default"]["keep"] == 7 and "sigma" not in out["default"]  # uniform average
     explicit = speed.bench_inference("cpu", (40, 30, 20), (16, 16, 16), overlap=0.5, n_filters=2, repeats=1)
     assert explicit["default"]["windows"] == 4 * 3 * 2  # overlap 0.5 -> interval 8: x 0,8,16,24, y 0,8,14, z 0,4
     assert out["speedup_default_vs_paper"] == pytest.approx(

@@ -37,15 +37,28 @@ def test_find_checkpoints_names_arm_budget_seed_checkpoint_and_model(tmp_path):
     ]
 
 
-def test_default_setting_follows_the_inference_config():
+def test_default_setting_follows_the_inference_config(tmp_path):
     cfg = json.loads((REPO_ROOT / "configs" / "inference.json").read_text())
-    setting = default_setting()
-    assert setting == {
+    assert cfg["window_inferer"] == "@lattice_inferer"
+    # the demo's 32^3 window: a 6x6x2 grid (3/16 of the window in-plane, 1/16 across), one window in sw_keep
+    assert default_setting() == {"stride": [6, 6, 2], "keep": cfg["sw_keep"]}
+    la_lite = REPO_ROOT / "configs" / "presets" / "la_lite.json"
+    assert default_setting(presets=[la_lite]) == {"stride": [9, 9, 2], "keep": 7}
+    la = REPO_ROOT / "configs" / "presets" / "la.json"
+    assert default_setting(presets=[la]) == {"stride": [21, 21, 5], "keep": 10}
+    assert default_setting(roi_size=(16, 16, 16))["stride"] == [3, 3, 1]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"sw_mode": "gaussian"}))
+    assert default_setting(presets=[la_lite, other]) == {"stride": [9, 9, 2], "keep": 7, "sigma": 0.5}
+    other.write_text(json.dumps({"window_inferer": "@sliding_window_inferer"}))
+    assert default_setting(presets=[other]) == {
         "overlap": cfg["sw_overlap"],
         "mode": cfg["sw_mode"],
         "sigma": cfg["sw_sigma_scale"],
         "average": cfg["sw_average"],
     }
+    other.write_text(json.dumps({"window_inferer": "@strided_inferer", "sw_stride": [4, 4, 2]}))
+    assert default_setting(presets=[other]) == {"stride": [4, 4, 2]}
 
 
 def test_window_summary_scores_every_checkpoint_and_resumes(tmp_path, cases, monkeypatch):  # noqa: F811
@@ -60,8 +73,8 @@ def test_window_summary_scores_every_checkpoint_and_resumes(tmp_path, cases, mon
     for row in summary["checkpoints"]:
         # the threshold network is right whatever the window: Dice 100 for both protocols, so only speed can fail
         assert row["default"]["dice"] == row["paper_stride"]["dice"] == 100.0
-        # 40x30x20 with a 16^3 window: the default's steps 5x5x4 give 6*4*2 windows, the 9x9x2 stride 4*3*3
-        assert (row["default"]["forwards"], row["paper_stride"]["forwards"]) == (48, 36)
+        # 40x30x20 with a 16^3 window: the default keeps 49 of its 3x3x1 grid's 270 windows, the 9x9x2 stride 4*3*3
+        assert (row["default"]["forwards"], row["paper_stride"]["forwards"]) == (49, 36)
         assert row["default"]["peak_gb"] > 0 and row["dice_minus_paper"] == 0
     assert summary["targets"]["checkpoints_meeting"].endswith("/2")
     assert summary["machine"]["cpu"] and summary["full_resolution"] is None
@@ -88,7 +101,9 @@ def test_full_resolution_times_the_default_against_the_paper_stride(monkeypatch)
     monkeypatch.setattr(wc, "FULL_WIDTH", 2)
     monkeypatch.setattr(wc, "PAPER_FULL", {"stride": [4, 4, 4]})
     out = wc.full_resolution(repeats=1, memory=False)
-    # default steps 5x5x4 on 40x30x20: 6*4*2 windows; stride 4: 7*5*2
-    assert (out["default"]["forwards"], out["paper_stride"]["forwards"]) == (48, 70)
-    assert out["default"]["setting"] == default_setting()
+    # la.json's default (one window in 10 of a 3x3x1 grid for a 16^3 window) on 40x30x20: 36 windows; stride 4: 7*5*2
+    assert (out["default"]["forwards"], out["paper_stride"]["forwards"]) == (36, 70)
+    assert out["default"]["setting"] == default_setting(
+        presets=[REPO_ROOT / "configs" / "presets" / "la.json"], roi_size=(16, 16, 16)
+    )
     assert out["speedup"] == pytest.approx(out["paper_stride"]["seconds"] / out["default"]["seconds"])

@@ -139,6 +139,8 @@ def test_protocol_helpers():
         "name": "StridedSlidingWindowInferer",
         "roi_size": [112, 112, 80],
         "stride": [18, 18, 4],
+        "keep": 1,
+        "sigma_scale": None,
         "sw_batch_size": 1,
     }
     desc = describe_inferer(SlidingWindowInferer((32, 32, 32), overlap=0.5, mode="gaussian"))

@@ -210,20 +210,21 @@ def test_inference_preprocessing_matches_training():
         "sw_mode",
         "sw_sigma_scale",
         "sw_average",
+        "sw_keep",
     ):
         assert infer[key] == train[key], key
+    assert infer["sw_lattice_stride"] == train["sw_lattice_stride"].replace("@patch_size", "@sw_roi_size")
     # validation during training (which picks checkpoint_best.pt) uses the inference default's window
     val = train["validate"]["inferer"]
     assert val["_target_"] == infer["inferer"]["_target_"] == "bundle.inference.inferers.ProbabilityInferer"
     assert val["average"] == infer["inferer"]["average"] == "@sw_average"
     window = val["inferer"]
-    assert window["_target_"] == infer["sliding_window_inferer"]["_target_"] == "SlidingWindowInferer"
-    assert (window["roi_size"], window["overlap"], window["mode"], window["sigma_scale"]) == (
-        "@patch_size",
-        "@sw_overlap",
-        "@sw_mode",
-        "@sw_sigma_scale",
-    )
+    assert infer["window_inferer"] == "@lattice_inferer"
+    lattice = infer["lattice_inferer"]
+    assert window["_target_"] == lattice["_target_"] == "bundle.inference.inferers.StridedSlidingWindowInferer"
+    assert (window["roi_size"], lattice["roi_size"]) == ("@patch_size", "@sw_roi_size")
+    for key in ("stride", "keep", "sigma_scale", "num_classes"):
+        assert window[key] == lattice[key], key
     # one preprocessing definition: inference.json repeats train.json's list verbatim (it must stay self-contained
     # for MONAI Label and ckpt_export); only the top-level setting track_meta differs (meta kept for Invertd)
     assert infer["preprocessing"]["transforms"] == train["preprocessing"]
@@ -246,6 +247,31 @@ def test_paper_presets_select_the_exact_stride():
         assert inferer.inferer.roi_size == roi and inferer.inferer.stride == stride
         assert inferer.flip_axes == [] and inferer.softmax is False
         assert parser.get_parsed_content("keep_largest_cc") is False
+
+
+def test_default_window_is_a_lattice_of_the_dense_grid():
+    """The default window (inference and training's validation): a lattice subset of a dense grid, uniform mean."""
+    from monai.bundle import ConfigParser
+
+    for presets, roi, stride, keep in (
+        ([], (32, 32, 32), (6, 6, 2), 7),
+        (["la_lite.json"], (48, 48, 32), (9, 9, 2), 7),
+        (["la.json"], (112, 112, 80), (21, 21, 5), 10),
+    ):
+        for base in ("inference.json", "train.json"):
+            parser = ConfigParser()
+            parser.read_config(
+                [str(REPO_ROOT / "configs" / base)] + [str(REPO_ROOT / "configs" / "presets" / p) for p in presets]
+            )
+            inferer = parser.get_parsed_content("inferer" if base == "inference.json" else "validate#inferer")
+            window = inferer.inferer
+            assert isinstance(window, StridedSlidingWindowInferer), base
+            assert (window.roi_size, window.stride, window.keep) == (roi, stride, keep), (base, presets)
+            assert window.sigma_scale is None and inferer.average == "probabilities"  # uniform average
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / "inference.json")])
+    parser["sw_mode"] = "gaussian"
+    assert parser.get_parsed_content("inferer").inferer.sigma_scale == (0.5, 0.5, 0.5)
 
 
 # -- end to end: the real commands --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.inferers import Inferer
 
-from bundle.inference.inferers import StridedSlidingWindowInferer, count_windows, window_starts
+from bundle.inference.inferers import StridedSlidingWindowInferer, count_windows, lattice_windows, window_starts
 
 
 def _reference_loop(net, image: np.ndarray, patch: tuple[int, int, int], stride: tuple[int, int, int]) -> np.ndarray:
@@ -207,3 +207,84 @@ def test_probability_inferer_rejects_an_unknown_average():
 
     with pytest.raises(ValueError, match="average must be"):
         ProbabilityInferer(SlidingWindowInferer((8, 8, 8)), average="votes")
+
+
+def _grid(shape, roi, stride):
+    axes = [window_starts(max(s, r), r, k) for s, r, k in zip(shape, roi, stride)]
+    return [tuple(c) for c in np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes)).tolist()]
+
+
+@pytest.mark.parametrize(
+    "shape, roi, stride, keep",
+    [
+        ((108, 70, 44), (48, 48, 32), (9, 9, 2), 7),
+        ((215, 140, 88), (112, 112, 80), (18, 18, 4), 10),
+        ((20, 17, 13), (8, 8, 6), (3, 5, 2), 4),
+        ((5, 9, 4), (8, 8, 6), (3, 5, 2), 3),
+    ],
+)
+def test_lattice_windows_are_a_covering_subset_of_the_grid(shape, roi, stride, keep):
+    corners = lattice_windows(shape, roi, stride, keep)
+    grid = _grid(shape, roi, stride)
+    assert set(corners) <= set(grid) and len(set(corners)) == len(corners)
+    assert corners == [c for c in grid if c in set(corners)]  # grid order
+    padded = [max(s, r) for s, r in zip(shape, roi)]
+    covered = np.zeros(padded, dtype=bool)
+    for c in corners:
+        covered[tuple(slice(a, a + r) for a, r in zip(c, roi))] = True
+    assert covered.all()
+    axes = [window_starts(p, r, k) for p, r, k in zip(padded, roi, stride)]
+    on_lattice = [c for c in corners if sum((d + 1) * a.index(v) for d, (a, v) in enumerate(zip(axes, c))) % keep == 0]
+    all_on_lattice = [c for c in grid if sum((d + 1) * a.index(v) for d, (a, v) in enumerate(zip(axes, c))) % keep == 0]
+    assert on_lattice == all_on_lattice  # every lattice window runs; the rest only fill gaps
+    assert len(corners) < len(grid) or len(grid) <= keep
+
+
+def test_lattice_windows_counts_and_keep_one_is_the_grid():
+    assert len(lattice_windows((108, 70, 44), (48, 48, 32), (9, 9, 2), 1)) == 224
+    assert lattice_windows((20, 17, 13), (8, 8, 6), (3, 5, 2), 1) == _grid((20, 17, 13), (8, 8, 6), (3, 5, 2))
+    assert len(lattice_windows((108, 70, 44), (48, 48, 32), (9, 9, 2), 7)) == 40  # 32 on the lattice + 8 to cover
+    assert len(lattice_windows((215, 140, 88), (112, 112, 80), (18, 18, 4), 10)) == 12  # of 63
+    with pytest.raises(ValueError, match="keep"):
+        lattice_windows((20, 17, 13), (8, 8, 6), (3, 5, 2), 0)
+
+
+def _weighted_reference(net, x, roi, plan, weight):
+    score = torch.zeros((x.shape[0], 2, *x.shape[2:]))
+    count = torch.zeros(x.shape[2:])
+    for c, filled in plan:
+        w = weight * (1e-3 if filled else 1.0)
+        sl = tuple(slice(a, a + r) for a, r in zip(c, roi))
+        with torch.no_grad():
+            score[(slice(None), slice(None), *sl)] += torch.softmax(net(x[(slice(None), slice(None), *sl)]), 1) * w
+        count[sl] += w
+    return score / count
+
+
+def test_keep_and_gaussian_weights_match_a_direct_loop():
+    from monai.data.utils import compute_importance_map
+
+    net = _conv_net(out_channels=2)
+    x = torch.randn(1, 1, 30, 21, 14, generator=torch.Generator().manual_seed(5))
+    roi, stride = (12, 12, 8), (3, 3, 2)
+    corners = lattice_windows((30, 21, 14), roi, stride, 5)
+    plan = lattice_windows((30, 21, 14), roi, stride, 5, with_fill_flags=True)
+    assert [c for c, _ in plan] == corners and 0 < sum(f for _, f in plan) < len(plan)  # some added to cover
+    inferer = StridedSlidingWindowInferer(roi, stride, keep=5, sigma_scale=0.5, sw_batch_size=3)
+    assert inferer.count_windows((30, 21, 14)) == len(corners) < count_windows((30, 21, 14), roi, stride)
+    weight = compute_importance_map(roi, mode="gaussian", sigma_scale=0.5)
+    with torch.no_grad():
+        out = inferer(x, net)
+    torch.testing.assert_close(out, _weighted_reference(net, x, roi, plan, weight), rtol=0, atol=1e-6)
+    with torch.no_grad():  # uniform weights on the subset: the plain mean over the kept windows
+        uniform = StridedSlidingWindowInferer(roi, stride, keep=5)(x, net)
+    torch.testing.assert_close(uniform, _weighted_reference(net, x, roi, plan, 1.0), rtol=0, atol=1e-6)
+    assert not torch.allclose(uniform, out, atol=1e-4)  # the weights change the blend
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"keep": 0}, {"keep": 2.5}, {"keep": True}, {"sigma_scale": 0}, {"sigma_scale": [1, 2]}]
+)
+def test_bad_keep_or_sigma_raise(kwargs):
+    with pytest.raises(ValueError, match="keep|sigma_scale"):
+        StridedSlidingWindowInferer((8, 8, 8), 4, **kwargs)
