@@ -32,14 +32,20 @@ import torch
 
 __all__ = ["WINDOW_SETTINGS", "build_inferer", "compare_windows", "markdown", "peak_memory_gb", "prepare_cases"]
 
-# name -> setting; the first is the bundle default, the last the paper's protocol scaled to LA-lite (9x9x2)
+# name -> setting; the first is the bundle default (LA-lite), the last the paper's protocol scaled to LA-lite (9x9x2)
 WINDOW_SETTINGS: dict[str, dict[str, Any]] = {
-    "default: overlap 0.5, gaussian": {"overlap": 0.5, "mode": "gaussian"},
-    "overlap 0.5, constant": {"overlap": 0.5, "mode": "constant"},
+    "default: 1 in 7 of the 9x9x2 grid (lattice), uniform": {"stride": [9, 9, 2], "keep": 7},
+    "1 in 7 of the 9x9x2 grid (lattice), gaussian 0.5": {"stride": [9, 9, 2], "keep": 7, "sigma": 0.5},
+    "1 in 5 of the 9x9x2 grid (lattice), uniform": {"stride": [9, 9, 2], "keep": 5},
+    "steps 16x16x8, gaussian 0.5, probabilities (default of 2026-12-01)": {
+        "overlap": [0.66, 0.66, 0.75],
+        "mode": "gaussian",
+        "sigma": 0.5,
+        "average": "probabilities",
+    },
+    "overlap 0.5, gaussian (default until 2026-11-30)": {"overlap": 0.5, "mode": "gaussian"},
     "overlap 0.5, gaussian, flip TTA x3": {"overlap": 0.5, "mode": "gaussian", "tta": [[0], [1], [2]]},
     "window 96x64x48, overlap 0.5, constant": {"roi": [96, 64, 48], "overlap": 0.5, "mode": "constant"},
-    "overlap 0.75 in x, y; 0.5 in z, constant": {"overlap": [0.75, 0.75, 0.5], "mode": "constant"},
-    "overlap 0.75, gaussian": {"overlap": 0.75, "mode": "gaussian"},
     "overlap 0.75, constant": {"overlap": 0.75, "mode": "constant"},
     "paper stride 9x9x2": {"stride": [9, 9, 2]},
 }

@@ -80,6 +80,10 @@ def test_settings_are_checked():
         build_inferer({"overlap": 0.5, "blend": "x"}, (16, 16, 16))
     with pytest.raises(ValueError, match="only 'roi'"):
         build_inferer({"stride": [4, 4, 4], "overlap": 0.5}, (16, 16, 16))
+    with pytest.raises(ValueError, match="'keep' needs a 'stride'"):
+        build_inferer({"overlap": 0.5, "keep": 7}, (16, 16, 16))
+    lattice = build_inferer({"stride": [3, 3, 1], "keep": 7, "sigma": 0.5}, (16, 16, 16)).inferer
+    assert (lattice.keep, lattice.sigma_scale, lattice.stride) == (7, (0.5, 0.5, 0.5), (3, 3, 1))
 
 
 def test_compare_windows_rejects_empty_input(cases):
