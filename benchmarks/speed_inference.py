@@ -69,13 +69,12 @@ def bench_inference(
     stride = tuple(stride) if stride is not None else PAPER_STRIDES.get(roi, tuple(max(1, r // 4) for r in roi))
     x = torch.randn((1, 1, *volume), device=device)
     paper = StridedSlidingWindowInferer(roi_size=roi, stride=stride, num_classes=2, sw_batch_size=sw_batch_size)
-    setting = dict(default if default is not None else default_setting(roi_size=roi))
-    if overlap is not None:
-        setting = {"overlap": overlap, "mode": mode or "gaussian", "average": "probabilities"}
-    elif mode is not None:
-        setting = {k: v for k, v in setting.items() if k != "sigma"} if mode == "constant" else setting
-        if "overlap" in setting:
-            setting["mode"] = mode
+    if default is not None and (overlap is not None or mode is not None):
+        raise ValueError("give either a default window setting or overlap / mode overrides of the config's, not both.")
+    overrides: dict[str, Any] = {"sw_mode": mode} if mode is not None else {}
+    if overlap is not None:  # MONAI's overlap window instead of the default one
+        overrides.update(window_inferer="@sliding_window_inferer", sw_overlap=overlap)
+    setting = dict(default if default is not None else default_setting(roi_size=roi, overrides=overrides))
     default = build_inferer(setting, roi, sw_batch_size=sw_batch_size)
     counted = {"n": 0}
 

@@ -40,8 +40,10 @@ def default_setting(
     config: str | os.PathLike = ROOT / "configs" / "inference.json",
     presets: Sequence[str | os.PathLike] = (),
     roi_size: Sequence[int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The default window of ``config`` (+ ``presets``; ``roi_size`` overrides ``sw_roi_size``) as a
+    """The default window of ``config`` (+ ``presets``; ``roi_size`` overrides ``sw_roi_size``, ``overrides`` any
+    other config id, e.g. ``{"sw_mode": "gaussian"}``) as a
     :mod:`benchmarks.window_study` setting: ``{"stride", "keep", "sigma"}`` for the lattice window (``"sigma"`` only
     with gaussian blending), ``{"overlap", "mode", "sigma", "average"}`` for MONAI's overlap window, ``{"stride"}``
     for the paper's."""
@@ -51,6 +53,8 @@ def default_setting(
     parser.read_config([str(config), *[str(p) for p in presets]])
     if roi_size is not None:
         parser["sw_roi_size"] = [int(r) for r in roi_size]
+    for key, value in (overrides or {}).items():
+        parser[key] = value
     window = parser["window_inferer"]
     if window == "@lattice_inferer":
         setting = {

@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--volume", type=int, nargs=3, default=[215, 140, 88], help="inference volume (an LA case)")
     p.add_argument("--roi", type=int, nargs=3, default=[112, 112, 80], help="inference window (the paper's)")
     p.add_argument("--stride", type=int, nargs=3, help="paper-protocol stride (default the paper's for the window)")
-    p.add_argument("--overlap", type=float, help="default window overlap (default: configs/inference.json's)")
+    p.add_argument("--overlap", type=float, help="time MONAI's overlap window with this overlap instead of the default")
     p.add_argument("--paper-repeats", type=int, help="timed runs at the paper's stride (default --repeats)")
     p.add_argument("--la-dir", help="data part: LA folder (h5 cases); default: generated demo cases")
     p.add_argument("--samples", type=int, default=8, help="data part: samples timed per mode")

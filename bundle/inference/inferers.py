@@ -87,9 +87,8 @@ def lattice_windows(
 
     The dense grid is :func:`window_starts` per axis (on the padded shape: axes smaller than the window count as
     the window). Window ``(i_1, .., i_n)`` of it (its index along each axis) runs when
-    ``(1 * i_1 + 2 * i_2 + .. + n * i_n) % keep == 0``; then, in grid order, every skipped window that holds a voxel
-    no kept window covers is added (greedily, the one holding the most uncovered voxels first), so every voxel is
-    covered. ``keep=1`` is the whole grid (the paper's protocol).
+    ``(1 * i_1 + 2 * i_2 + .. + n * i_n) % keep == 0``; then skipped windows are added greedily (the one holding the
+    most voxels no kept window covers first) until every voxel is covered. ``keep=1`` is the whole grid (the paper's protocol).
 
     Why a lattice: the V-Net downsamples four times (a factor 16), so its prediction for a voxel depends on where
     the voxel sits in the window. A coarse grid (steps 16x16x8) puts every voxel at the same few positions in all
@@ -119,7 +118,7 @@ def _lattice_windows(
     lattice = np.array([sum((d + 1) * i for d, i in enumerate(idx)) % keep == 0 for idx in grid])
     # coverage only changes at window borders: work on the cells between them, weighted by their voxel counts
     edges = [sorted({0, size, *a, *(st + r for st in a)}) for a, size, r in zip(axes, shape, roi_size)]
-    cells = np.einsum("i,j,k->ijk", *[np.diff(e) for e in edges])
+    cells = functools.reduce(np.multiply.outer, [np.diff(e) for e in edges])
     kept = lattice.copy()
     lo = np.array([[e.index(c) for e, c in zip(edges, corner)] for corner in corners])  # (N, 3) in cells
     hi = np.array([[e.index(c + r) for e, c, r in zip(edges, corner, roi_size)] for corner in corners])
@@ -128,11 +127,14 @@ def _lattice_windows(
     for n in np.flatnonzero(kept):
         covered[windows[n]] = True
     while not covered.all():  # greedy cover: the skipped window holding the most uncovered voxels first
-        table = np.pad((cells * ~covered).cumsum(0).cumsum(1).cumsum(2), ((1, 0), (1, 0), (1, 0)))
+        table = cells * ~covered
+        for d in range(table.ndim):
+            table = table.cumsum(d)
+        table = np.pad(table, [(1, 0)] * table.ndim)
         gains = np.zeros(len(corners), dtype=np.int64)
-        for bits in itertools.product((0, 1), repeat=3):  # inclusion-exclusion over the 8 corners of each window
+        for bits in itertools.product((0, 1), repeat=table.ndim):  # inclusion-exclusion over each window's corners
             idx = tuple(hi[:, d] if b else lo[:, d] for d, b in enumerate(bits))
-            gains += (-1) ** (3 - sum(bits)) * table[idx]
+            gains += (-1) ** (table.ndim - sum(bits)) * table[idx]
         gains[kept] = -1
         best = int(gains.argmax())
         kept[best] = True
@@ -216,8 +218,6 @@ class StridedSlidingWindowInferer(Inferer):
 
     def count_windows(self, spatial_shape: Sequence[int]) -> int:
         """Number of windows run over a volume of ``spatial_shape`` (``(H, W, D)``)."""
-        if self.keep == 1:
-            return count_windows(spatial_shape, self.roi_size, self.stride)
         return len(lattice_windows(spatial_shape, self.roi_size, self.stride, self.keep))
 
     def _weight(self, device: torch.device) -> torch.Tensor | float:

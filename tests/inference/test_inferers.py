@@ -221,6 +221,7 @@ def _grid(shape, roi, stride):
         ((215, 140, 88), (112, 112, 80), (18, 18, 4), 10),
         ((20, 17, 13), (8, 8, 6), (3, 5, 2), 4),
         ((5, 9, 4), (8, 8, 6), (3, 5, 2), 3),
+        ((30, 21), (12, 8), (3, 2), 4),
     ],
 )
 def test_lattice_windows_are_a_covering_subset_of_the_grid(shape, roi, stride, keep):
