@@ -22,6 +22,9 @@ from bundle.engine.files import write_json_atomic
 
 CEILING = 72  # the fully labelled budget: supervised-<CEILING> is the ceiling of the gap
 PLUS = "plgdf_plus"  # the PLGDF+ preset's arm (issue #18)
+PLUS_REF = "plgdf_plus_ref"  # plgdf trained at the plgdf_plus runs' commit: the like-for-like reference
+PLUS_DIR = "plgdf_plus"  # <results_dir>/plgdf_plus/la_lite_runs: the plgdf_plus campaign's figures
+PLUS_DEPLOYED = "best_of_both"  # the model configs/presets/plgdf_plus.json deploys (deploy_model)
 PROTOCOLS = {"default": "monai", "paper": "paper"}
 CHECKPOINTS = ("best", "last")
 MODELS = ("student", "teacher")
@@ -91,6 +94,22 @@ def load_figures(results_dir: str | os.PathLike) -> dict[str, dict[int, dict]]:
     return out
 
 
+def load_plus_figures(results_dir: str | os.PathLike, figs: dict[str, dict[int, dict]]) -> None:
+    """Add the plgdf_plus campaign's runs from ``<results_dir>/plgdf_plus/la_lite_runs`` to ``figs`` (in place):
+    its ``plgdf_plus`` runs as they are, its ``plgdf`` runs (the same code but the preset) as ``plgdf_plus_ref``.
+    Runs already in ``figs`` under those names win."""
+    plus_dir = Path(results_dir) / PLUS_DIR
+    if not (plus_dir / RUNS_DIR).is_dir():
+        return
+    for name, runs in load_figures(plus_dir).items():
+        arm, labels = name.rsplit("-", 1)
+        key = {PLUS: PLUS, "plgdf": PLUS_REF}.get(arm)
+        if key:
+            merged = figs.setdefault(f"{key}-{labels}", {})
+            for seed, fig in runs.items():
+                merged.setdefault(seed, fig)
+
+
 def _rows(runs: Mapping[int, Any], seeds: Sequence[int]) -> np.ndarray:
     return np.array([runs[s] for s in seeds], dtype=float)
 
@@ -110,8 +129,15 @@ def _gains(plg: Mapping[int, Any], sup: Mapping[int, Any], ceil: Mapping[int, An
     return out
 
 
-def _budget_block(figs: dict[str, dict[int, dict]], labels: int, variant: str, semi: str = "plgdf") -> dict | None:
-    """The summary of one budget for one variant; ``None`` when neither arm of the budget has a run."""
+def _budget_block(
+    figs: dict[str, dict[int, dict]], labels: int, variant: str, semi: str = "plgdf", plus_variant: str | None = None
+) -> dict | None:
+    """The summary of one budget for one variant; ``None`` when neither arm of the budget has a run.
+
+    ``plgdf_plus`` runs (issue #18) are scored at ``plus_variant`` (default: ``variant``; the headline passes the
+    model the preset deploys) and compared with plgdf on the same seeds: with the ``plgdf_plus_ref`` runs (plgdf
+    trained at the plgdf_plus runs' commit, :func:`load_plus_figures`) when there are any, else with the
+    campaign's plgdf."""
     sup, plg, ceil = (
         figs.get(f"supervised-{labels}", {}),
         figs.get(f"{semi}-{labels}", {}),
@@ -140,12 +166,21 @@ def _budget_block(figs: dict[str, dict[int, dict]], labels: int, variant: str, s
         block["paired_gain"]["n_cases"] = len(cases)
     plus = figs.get(f"{PLUS}-{labels}", {})
     if semi == "plgdf" and plus:  # issue #18: the PLGDF+ preset, against PLGDF and against supervised
-        per_plus = {s: _matrix(plus, variant, [s], cases, "dice")[0] for s in sorted(plus)}
+        plus_variant = plus_variant or variant
+        per_plus = {s: _matrix(plus, plus_variant, [s], cases, "dice")[0] for s in sorted(plus)}
+        block[f"{PLUS}_variant"] = plus_variant
         block["dice"][PLUS] = {str(s): float(np.mean(v)) for s, v in per_plus.items()}
         block["mean_sd"][PLUS] = {"dice": _mean_sd(list(block["dice"][PLUS].values()))}
-        vs_plgdf = _gains(per_plus, per_case[semi], {})
+        ref = figs.get(f"{PLUS_REF}-{labels}", {})
+        per_ref = {s: _matrix(ref, variant, [s], cases, "dice")[0] for s in sorted(ref)} if ref else per_case[semi]
+        vs_plgdf = _gains(per_plus, per_ref, {})
         if vs_plgdf:
             block["paired_gain_vs_plgdf"] = {k: vs_plgdf["paired_gain"][k] for k in ("mean", "ci95", "seeds")}
+            block["paired_gain_vs_plgdf"]["reference"] = (
+                "plgdf at the plgdf_plus runs' commit" if ref else "the campaign's plgdf runs"
+            )
+            if ref:
+                block["dice"][PLUS_REF] = {str(s): float(np.mean(v)) for s, v in per_ref.items()}
         vs_sup = _gains(per_plus, per_case["supervised"], per_case["supervised_72"])
         if vs_sup:
             block[f"{PLUS}_paired_gain"] = vs_sup["paired_gain"]
@@ -305,6 +340,7 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
         raise FileNotFoundError(f"no run figures in {results_dir / RUNS_DIR}: nothing to summarise.")
     if budgets is None:  # every budget with a run, except the ceiling's
         budgets = sorted({int(name.rsplit("-", 1)[1]) for name in figs} - {CEILING})
+    load_plus_figures(results_dir, figs)
     protocol, checkpoint, model = HEADLINE.split("/")
     out: dict[str, Any] = {
         "protocol": "paper_stride" if protocol == "paper" else "default",
@@ -323,7 +359,11 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
     _add_derived(figs)
     out["best_of_both"] = {name: {str(s): f["best_of_both"] for s, f in sorted(r.items())} for name, r in figs.items()}
     for variant in variants() + derived_variants():
-        blocks = {str(n): b for n in budgets if (b := _budget_block(figs, n, variant)) is not None}
+        # the headline scores plgdf_plus by the model it deploys; every other variant like for like
+        plus_variant = f"{protocol}/{checkpoint}/{PLUS_DEPLOYED}" if variant == HEADLINE else None
+        blocks = {
+            str(n): b for n in budgets if (b := _budget_block(figs, n, variant, plus_variant=plus_variant)) is not None
+        }
         out["variants"][variant] = blocks
         if variant == HEADLINE:
             out["budgets"] = blocks
@@ -425,6 +465,14 @@ def _ci(block: dict, key: str = "paired_gain") -> str:
     return f"{g['mean']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]"
 
 
+def _plus_gap(block: dict) -> str:
+    gap = block.get(f"{PLUS}_gap_recovered")
+    if gap is None:
+        return "–"
+    lo, hi = block[f"{PLUS}_gap_recovered_ci95"]
+    return f"{100 * gap:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
 def _gap_cell(block: dict) -> str:
     if block.get("gap_recovered") is None or not math.isfinite(block["gap_recovered"]):
         return "–"
@@ -460,8 +508,9 @@ def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
         for n, b in blocks.items():
             if "paired_gain_vs_plgdf" in b:
                 lines.append(
-                    f"{n} labels, `{PLUS}`: {_fmt(b['mean_sd'][PLUS]['dice'])}; against plgdf "
-                    f"{_ci(b, 'paired_gain_vs_plgdf')}, against supervised {_ci(b, f'{PLUS}_paired_gain')}"
+                    f"{n} labels, `{PLUS}` ({b[f'{PLUS}_variant']}): {_fmt(b['mean_sd'][PLUS]['dice'])}; against "
+                    f"plgdf {_ci(b, 'paired_gain_vs_plgdf')} ({b['paired_gain_vs_plgdf']['reference']}), against "
+                    f"supervised {_ci(b, f'{PLUS}_paired_gain')}, gap recovered {_plus_gap(b)}"
                 )
         lines.append("")
     current = summary.get("current_default_window") or {}

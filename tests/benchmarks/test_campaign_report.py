@@ -18,6 +18,7 @@ from benchmarks.campaign_report import (
     derived_variants,
     diagnosis,
     load_figures,
+    load_plus_figures,
     screen_markdown,
     screen_summary,
     window_gains,
@@ -166,3 +167,32 @@ def test_summary_reports_plgdf_plus_against_plgdf_and_supervised(tmp_path):
     assert block["plgdf_plus_paired_gain"]["mean"] == pytest.approx(13.0)
     assert block["plgdf_plus_gap_recovered"] == pytest.approx(13.0 / 25.0)  # (78 - 65) / (90 - 65)
     assert block["paired_gain"]["mean"] == pytest.approx(10.0)  # plgdf's own gain is unchanged
+
+
+def test_summary_compares_plgdf_plus_with_plgdf_of_its_own_commit_and_scores_what_it_deploys(tmp_path):
+    plus_dir = tmp_path / "plgdf_plus"
+    for seed in (0, 1):
+        _run_file(tmp_path, "supervised", 4, seed, [70.0, 60.0])
+        _run_file(tmp_path, "plgdf", 4, seed, [80.0, 70.0])  # the campaign's plgdf (older commit)
+        _run_file(tmp_path, "supervised", 72, seed, [90.0, 90.0])
+        _run_file(plus_dir, "plgdf", 4, seed, [84.0, 74.0])  # plgdf at the plgdf_plus runs' commit
+        fig = _figure([86.0, 76.0], arm="plgdf_plus", labels=4, seed=seed, student_val=0.5)
+        fig["curves"]["val_dice_teacher"] = [[250, 0.9]]  # the teacher validates better: best_of_both deploys it
+        fig["evaluations"]["paper/best/teacher"] = {
+            "cases": {f"case{i}": {"dice": d / 100, "hd95_mm": 5.0, "asd_mm": 1.0} for i, d in enumerate([88, 78])}
+        }
+        (plus_dir / "la_lite_runs" / f"plgdf_plus-4_seed{seed}.json").write_text(json.dumps(fig))
+    figs = load_figures(tmp_path)
+    load_plus_figures(tmp_path, figs)
+    assert set(figs) == {"supervised-4", "plgdf-4", "supervised-72", "plgdf_plus-4", "plgdf_plus_ref-4"}
+    _add_derived(figs)
+    like_for_like = _budget_block(figs, 4, "paper/best/student")
+    assert like_for_like["dice"]["plgdf_plus"] == {"0": 81.0, "1": 81.0}  # its student
+    assert like_for_like["paired_gain_vs_plgdf"]["mean"] == pytest.approx(2.0)  # against 79, not the campaign's 75
+    assert like_for_like["paired_gain_vs_plgdf"]["reference"].startswith("plgdf at the plgdf_plus")
+    assert like_for_like["paired_gain"]["mean"] == pytest.approx(10.0)  # the campaign's own pair is untouched
+    headline = _budget_block(figs, 4, "paper/best/student", plus_variant="paper/best/best_of_both")
+    assert headline["plgdf_plus_variant"] == "paper/best/best_of_both"
+    assert headline["dice"]["plgdf_plus"] == {"0": 83.0, "1": 83.0}  # the teacher it deploys
+    assert headline["paired_gain_vs_plgdf"]["mean"] == pytest.approx(4.0)
+    assert headline["plgdf_plus_gap_recovered"] == pytest.approx(18.0 / 25.0)  # (83 - 65) / (90 - 65)
