@@ -56,6 +56,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "plgdf_semi_warmup": ("configs/presets/semi_warmup.json",),
     "plgdf_teacher_eval": ("configs/presets/teacher_eval.json",),
     "plgdf_authors_aug": ("configs/presets/authors_augmentation.json",),
+    # PLGDF+ (issue #18): the screen's winners (configs/presets/plgdf_plus.json)
+    "plgdf_plus": ("configs/presets/plgdf_plus.json",),
 }
 BUDGETS = (4, 8, 16, 72)
 SEEDS = (0, 1, 2)

@@ -57,3 +57,14 @@ def test_presets_override_existing_ids_only(preset):
     assert matching, f"{preset.name}: ids {list(override)} are not all ids of train.json or inference.json"
     for key, value in override.items():
         assert not isinstance(value, dict), f"{preset.name}: {key!r} replaces a whole dict; use flat ids"
+
+
+def test_plgdf_plus_preset_validates_the_teacher_and_deploys_the_better_model():
+    """The PLGDF+ preset (issue #18) on top of train.json: the teacher is validated and deployment follows it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / "train.json"), str(REPO_ROOT / "configs/presets/plgdf_plus.json")])
+    assert parser.get_parsed_content("validate_teacher") is True
+    assert parser.get_parsed_content("deploy_model") == "best_of_both"
+    assert parser.get_parsed_content("use_semi") is True  # otherwise the paper's method

@@ -27,7 +27,11 @@ def test_run_specs():
 
 
 def test_plgdf_plus_screen_arms_add_one_preset_each(tmp_path):
-    for arm, preset in (("plgdf_semi_clean", "semi_on_clean"), ("plgdf_authors_aug", "authors_augmentation")):
+    for arm, preset in (
+        ("plgdf_semi_clean", "semi_on_clean"),
+        ("plgdf_authors_aug", "authors_augmentation"),
+        ("plgdf_plus", "plgdf_plus"),
+    ):
         cmd = campaign.train_command(campaign.Run.parse(f"{arm}-4:0"), tmp_path)
         files = cmd[cmd.index("--config_file") + 1]
         assert files == f"['configs/train.json','configs/presets/la_lite.json','configs/presets/{preset}.json']"
