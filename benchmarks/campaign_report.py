@@ -97,17 +97,63 @@ def load_figures(results_dir: str | os.PathLike) -> dict[str, dict[int, dict]]:
 def load_plus_figures(results_dir: str | os.PathLike, figs: dict[str, dict[int, dict]]) -> None:
     """Add the plgdf_plus campaign's runs from ``<results_dir>/plgdf_plus/la_lite_runs`` to ``figs`` (in place):
     its ``plgdf_plus`` runs as they are, its ``plgdf`` runs (the same code but the preset) as ``plgdf_plus_ref``.
-    Runs already in ``figs`` under those names win."""
+    Runs already in ``figs`` under those names win. Once any plgdf_plus run has been trained, the runs derived by
+    :func:`derive_plus_figures` are left out (an older, deployment-only preset's)."""
     plus_dir = Path(results_dir) / PLUS_DIR
     if not (plus_dir / RUNS_DIR).is_dir():
         return
-    for name, runs in load_figures(plus_dir).items():
+    loaded = load_figures(plus_dir)
+    trained = any(
+        "derived_from" not in f for name, r in loaded.items() if name.startswith(f"{PLUS}-") for f in r.values()
+    )
+    for name, runs in loaded.items():
+        if trained and name.startswith(f"{PLUS}-"):
+            runs = {seed: f for seed, f in runs.items() if "derived_from" not in f}
         arm, labels = name.rsplit("-", 1)
         key = {PLUS: PLUS, "plgdf": PLUS_REF}.get(arm)
         if key:
             merged = figs.setdefault(f"{key}-{labels}", {})
             for seed, fig in runs.items():
                 merged.setdefault(seed, fig)
+
+
+DEPLOYMENT_ONLY = {"validate_teacher", "deploy_model"}  # preset ids that change what is deployed, not training
+
+
+def derive_plus_figures(
+    results_dir: str | os.PathLike, preset: str | os.PathLike = "configs/presets/plgdf_plus.json"
+) -> list[Path]:
+    """Write ``<results_dir>/plgdf_plus/la_lite_runs/plgdf_plus-<N>_seed<S>.json`` from every campaign ``plgdf`` run
+    whose teacher was validated, when the PLGDF+ preset changes only what is deployed (``validate_teacher``,
+    ``deploy_model``): then training with the preset is the same computation as without it (a test checks this,
+    bit for bit), and the plgdf run scored by the model the preset deploys *is* its plgdf_plus run. Each file
+    records ``derived_from``. Refuses a preset with any other id (then plgdf_plus must be trained); existing
+    trained plgdf_plus figures (without ``derived_from``) are never replaced."""
+    preset = Path(preset)
+    try:
+        ids = set(json.loads(preset.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{preset}: cannot read the PLGDF+ preset: {err}") from err
+    if not ids <= DEPLOYMENT_ONLY:
+        raise ValueError(
+            f"{preset} changes training ({', '.join(sorted(ids - DEPLOYMENT_ONLY))}): train the plgdf_plus arm "
+            "(python -m scripts.la_lite campaign --plan plgdf_plus-4:0 ...) instead of deriving it."
+        )
+    src_dir, out_dir = Path(results_dir) / RUNS_DIR, Path(results_dir) / PLUS_DIR / RUNS_DIR
+    written = []
+    for path in sorted(src_dir.glob("plgdf-*_seed*.json")):
+        fig = json.loads(path.read_text(encoding="utf-8"))
+        if fig.get("arm") != "plgdf" or not (fig.get("curves") or {}).get("val_dice_teacher"):
+            continue  # no teacher validation in that run: best_of_both cannot be read from it
+        target = out_dir / f"{PLUS}-{fig['labels']}_seed{fig['seed']}.json"
+        if target.is_file() and "derived_from" not in json.loads(target.read_text(encoding="utf-8")):
+            continue  # a trained plgdf_plus run: keep it
+        fig.update(arm=PLUS, derived_from=f"{RUNS_DIR}/{path.name}", preset=sorted(ids))
+        write_json_atomic(target, fig, indent=1)
+        written.append(target)
+    if not written:
+        raise FileNotFoundError(f"no plgdf run with teacher validation in {src_dir}: nothing to derive from.")
+    return written
 
 
 def _rows(runs: Mapping[int, Any], seeds: Sequence[int]) -> np.ndarray:
@@ -358,6 +404,9 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
     out["machines"] = [json.loads(m) for m in out["machines"]]
     _add_derived(figs)
     out["best_of_both"] = {name: {str(s): f["best_of_both"] for s, f in sorted(r.items())} for name, r in figs.items()}
+    plus_runs = [f for name, r in figs.items() if name.startswith(f"{PLUS}-") for f in r.values()]
+    if plus_runs:  # derived (derive_plus_figures): the plgdf runs scored by the model the preset deploys
+        out[f"{PLUS}_derived_from_plgdf"] = all("derived_from" in f for f in plus_runs)
     for variant in variants() + derived_variants():
         # the headline scores plgdf_plus by the model it deploys; every other variant like for like
         plus_variant = f"{protocol}/{checkpoint}/{PLUS_DEPLOYED}" if variant == HEADLINE else None
@@ -505,8 +554,10 @@ def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
                 f"| {n} | {_fmt(ms['supervised']['dice'])} | {_fmt(ms['plgdf']['dice'])} | "
                 f"{_fmt(ms['supervised_72']['dice'])} | {_ci(b)} | {_gap_cell(b)} | {seeds} |"
             )
+        # derived plgdf_plus runs equal plgdf's in every variant but the deployed one: only the headline tells
+        derived = summary.get(f"{PLUS}_derived_from_plgdf") and variant != HEADLINE
         for n, b in blocks.items():
-            if "paired_gain_vs_plgdf" in b:
+            if "paired_gain_vs_plgdf" in b and not derived:
                 lines.append(
                     f"{n} labels, `{PLUS}` ({b[f'{PLUS}_variant']}): {_fmt(b['mean_sd'][PLUS]['dice'])}; against "
                     f"plgdf {_ci(b, 'paired_gain_vs_plgdf')} ({b['paired_gain_vs_plgdf']['reference']}), against "
@@ -538,6 +589,8 @@ def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
         for s, f in sorted(runs.items()):
             wall = f"{f['wall_seconds'] / 60:.1f}" if f.get("wall_seconds") else "–"
             cpu = (f.get("machine") or {}).get("cpu", "?")
+            if f.get("derived_from"):  # not trained: the plgdf run it was derived from
+                wall = f"(= {Path(f['derived_from']).stem})"
             lines.append(f"| {name} | {s} | {wall} | {f.get('attempts')} | {cpu} | {str(f.get('commit'))[:10]} |")
     return "\n".join(lines) + "\n"
 
@@ -584,7 +637,7 @@ def _curves(figs: dict[str, dict[int, dict]], results_dir: Path, budgets: Iterab
         series, styles = {}, {}
         for colour, name in zip(colours, (f"supervised-{n}", f"plgdf-{n}", f"{PLUS}-{n}", f"supervised-{CEILING}")):
             for s, f in sorted(figs.get(name, {}).items()):
-                if f["curves"].get("val_dice"):
+                if f["curves"].get("val_dice") and not f.get("derived_from"):  # a derived run repeats plgdf's
                     series[f"{name} s{s}"] = [tuple(p) for p in f["curves"]["val_dice"]]
                     styles[f"{name} s{s}"] = {"color": colour, "linestyle": dashes[s % len(dashes)]}
         if any(not k.startswith(f"supervised-{CEILING} ") for k in series):

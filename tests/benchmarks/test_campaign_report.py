@@ -14,6 +14,7 @@ from benchmarks.campaign_report import (
     _add_derived,
     _budget_block,
     _diagnosis_lines,
+    derive_plus_figures,
     best_of_both,
     derived_variants,
     diagnosis,
@@ -196,3 +197,29 @@ def test_summary_compares_plgdf_plus_with_plgdf_of_its_own_commit_and_scores_wha
     assert headline["dice"]["plgdf_plus"] == {"0": 83.0, "1": 83.0}  # the teacher it deploys
     assert headline["paired_gain_vs_plgdf"]["mean"] == pytest.approx(4.0)
     assert headline["plgdf_plus_gap_recovered"] == pytest.approx(18.0 / 25.0)  # (83 - 65) / (90 - 65)
+
+
+def test_plus_figures_are_derived_only_from_a_deployment_only_preset(tmp_path):
+    preset = tmp_path / "plgdf_plus.json"
+    preset.write_text(json.dumps({"validate_teacher": True, "deploy_model": "best_of_both"}))
+    _run_file(tmp_path, "plgdf", 4, 0, [80.0, 70.0])
+    _run_file(tmp_path, "supervised", 4, 0, [70.0, 60.0])  # not a plgdf run: ignored
+    trained = tmp_path / "plgdf_plus" / "la_lite_runs" / "plgdf_plus-4_seed1.json"
+    trained.parent.mkdir(parents=True)
+    trained.write_text(json.dumps({"arm": "plgdf_plus", "labels": 4, "seed": 1}))
+    _run_file(tmp_path, "plgdf", 4, 1, [80.0, 70.0])  # a trained plgdf_plus run of seed 1 exists: kept
+    written = derive_plus_figures(tmp_path, preset)
+    assert [p.name for p in written] == ["plgdf_plus-4_seed0.json"]
+    fig = json.loads(written[0].read_text())
+    assert fig["arm"] == "plgdf_plus" and fig["derived_from"] == "la_lite_runs/plgdf-4_seed0.json"
+    assert "derived_from" not in json.loads(trained.read_text())
+    figs = load_figures(tmp_path)
+    load_plus_figures(tmp_path, figs)
+    assert sorted(figs["plgdf_plus-4"]) == [1] and "plgdf_plus_ref-4" not in figs  # trained: derived ones left out
+    trained.unlink()
+    figs = load_figures(tmp_path)
+    load_plus_figures(tmp_path, figs)
+    assert sorted(figs["plgdf_plus-4"]) == [0] and figs["plgdf_plus-4"][0]["derived_from"]
+    preset.write_text(json.dumps({"deploy_model": "best_of_both", "semi_on_clean": True}))
+    with pytest.raises(ValueError, match="changes training \\(semi_on_clean\\)"):
+        derive_plus_figures(tmp_path, preset)

@@ -43,3 +43,22 @@ def test_deploying_the_teacher_needs_its_validation(tiny, tmp_path):
         "--deploy_model", "best_of_both", check=False,
     )  # fmt: skip
     assert proc.returncode != 0 and "needs the teacher validated: set validate_teacher True" in proc.stderr
+
+
+@pytest.mark.slow
+def test_plgdf_plus_preset_changes_what_is_deployed_not_the_training(tiny, tmp_path):
+    """configs/presets/plgdf_plus.json over a run that already validates the teacher (LA-lite does): the same losses
+    and the same final student and teacher, bit for bit. So the campaign's plgdf runs, scored by the model this
+    preset would deploy (``best_of_both``), are the plgdf_plus runs of the same commit (docs/results.md)."""
+    args = [*TINY_TRAIN, "--num_iterations", "8", "--val_interval", "2", "--lr", "0.05", "--validate_teacher", "True"]
+    plain, plus = tmp_path / "plain", tmp_path / "plus"
+    run_bundle(TRAIN_CONFIG, *args, *run_dirs(tiny, plain))
+    run_bundle(f"['{TRAIN_CONFIG}','configs/presets/plgdf_plus.json']", *args, *run_dirs(tiny, plus))
+    keys = ("iteration", "loss", "val_dice", "val_dice_teacher")
+    rows = [[{k: r[k] for k in keys if k in r} for r in read_log(out / "log.jsonl")] for out in (plain, plus)]
+    assert rows[0] == rows[1] and any("loss" in r for r in rows[0])
+    last = [torch.load(out / "checkpoint_last.pt", weights_only=True) for out in (plain, plus)]
+    for net in ("network", "teacher"):
+        assert all(torch.equal(last[0][net][k], last[1][net][k]) for k in last[0][net])
+    deployed = torch.load(plus / "checkpoint_best.pt", weights_only=True)["deployed"]
+    assert deployed in ("student", "teacher")
