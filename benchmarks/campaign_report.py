@@ -97,18 +97,11 @@ def load_figures(results_dir: str | os.PathLike) -> dict[str, dict[int, dict]]:
 def load_plus_figures(results_dir: str | os.PathLike, figs: dict[str, dict[int, dict]]) -> None:
     """Add the plgdf_plus campaign's runs from ``<results_dir>/plgdf_plus/la_lite_runs`` to ``figs`` (in place):
     its ``plgdf_plus`` runs as they are, its ``plgdf`` runs (the same code but the preset) as ``plgdf_plus_ref``.
-    Runs already in ``figs`` under those names win. Once any plgdf_plus run has been trained, the runs derived by
-    :func:`derive_plus_figures` are left out (an older, deployment-only preset's)."""
+    Runs already in ``figs`` under those names win."""
     plus_dir = Path(results_dir) / PLUS_DIR
     if not (plus_dir / RUNS_DIR).is_dir():
         return
-    loaded = load_figures(plus_dir)
-    trained = any(
-        "derived_from" not in f for name, r in loaded.items() if name.startswith(f"{PLUS}-") for f in r.values()
-    )
-    for name, runs in loaded.items():
-        if trained and name.startswith(f"{PLUS}-"):
-            runs = {seed: f for seed, f in runs.items() if "derived_from" not in f}
+    for name, runs in load_figures(plus_dir).items():
         arm, labels = name.rsplit("-", 1)
         key = {PLUS: PLUS, "plgdf": PLUS_REF}.get(arm)
         if key:
@@ -118,42 +111,18 @@ def load_plus_figures(results_dir: str | os.PathLike, figs: dict[str, dict[int, 
 
 
 DEPLOYMENT_ONLY = {"validate_teacher", "deploy_model"}  # preset ids that change what is deployed, not training
+PLUS_PRESET = Path(__file__).resolve().parents[1] / "configs" / "presets" / "plgdf_plus.json"
 
 
-def derive_plus_figures(
-    results_dir: str | os.PathLike, preset: str | os.PathLike = "configs/presets/plgdf_plus.json"
-) -> list[Path]:
-    """Write ``<results_dir>/plgdf_plus/la_lite_runs/plgdf_plus-<N>_seed<S>.json`` from every campaign ``plgdf`` run
-    whose teacher was validated, when the PLGDF+ preset changes only what is deployed (``validate_teacher``,
-    ``deploy_model``): then training with the preset is the same computation as without it (a test checks this,
-    bit for bit), and the plgdf run scored by the model the preset deploys *is* its plgdf_plus run. Each file
-    records ``derived_from``. Refuses a preset with any other id (then plgdf_plus must be trained); existing
-    trained plgdf_plus figures (without ``derived_from``) are never replaced."""
-    preset = Path(preset)
+def plus_is_deployment_only(preset: str | os.PathLike = PLUS_PRESET) -> bool:
+    """Whether the PLGDF+ preset changes only what is deployed (``validate_teacher``, ``deploy_model``). Then
+    training with it is the same computation as without it (a test checks this, bit for bit), and a plgdf run
+    scored by the model the preset deploys *is* its plgdf_plus run: :func:`summarize` reads plgdf_plus from the
+    plgdf runs when none was trained."""
     try:
-        ids = set(json.loads(preset.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{preset}: cannot read the PLGDF+ preset: {err}") from err
-    if not ids <= DEPLOYMENT_ONLY:
-        raise ValueError(
-            f"{preset} changes training ({', '.join(sorted(ids - DEPLOYMENT_ONLY))}): train the plgdf_plus arm "
-            "(python -m scripts.la_lite campaign --plan plgdf_plus-4:0 ...) instead of deriving it."
-        )
-    src_dir, out_dir = Path(results_dir) / RUNS_DIR, Path(results_dir) / PLUS_DIR / RUNS_DIR
-    written = []
-    for path in sorted(src_dir.glob("plgdf-*_seed*.json")):
-        fig = json.loads(path.read_text(encoding="utf-8"))
-        if fig.get("arm") != "plgdf" or not (fig.get("curves") or {}).get("val_dice_teacher"):
-            continue  # no teacher validation in that run: best_of_both cannot be read from it
-        target = out_dir / f"{PLUS}-{fig['labels']}_seed{fig['seed']}.json"
-        if target.is_file() and "derived_from" not in json.loads(target.read_text(encoding="utf-8")):
-            continue  # a trained plgdf_plus run: keep it
-        fig.update(arm=PLUS, derived_from=f"{RUNS_DIR}/{path.name}", preset=sorted(ids))
-        write_json_atomic(target, fig, indent=1)
-        written.append(target)
-    if not written:
-        raise FileNotFoundError(f"no plgdf run with teacher validation in {src_dir}: nothing to derive from.")
-    return written
+        return set(json.loads(Path(preset).read_text(encoding="utf-8"))) <= DEPLOYMENT_ONLY
+    except (OSError, ValueError):
+        return False
 
 
 def _rows(runs: Mapping[int, Any], seeds: Sequence[int]) -> np.ndarray:
@@ -176,11 +145,17 @@ def _gains(plg: Mapping[int, Any], sup: Mapping[int, Any], ceil: Mapping[int, An
 
 
 def _budget_block(
-    figs: dict[str, dict[int, dict]], labels: int, variant: str, semi: str = "plgdf", plus_variant: str | None = None
+    figs: dict[str, dict[int, dict]],
+    labels: int,
+    variant: str,
+    semi: str = "plgdf",
+    plus_variant: str | None = None,
+    plus_from_plgdf: bool = False,
 ) -> dict | None:
     """The summary of one budget for one variant; ``None`` when neither arm of the budget has a run.
 
-    ``plgdf_plus`` runs (issue #18) are scored at ``plus_variant`` (default: ``variant``; the headline passes the
+    ``plgdf_plus`` runs (issue #18; with ``plus_from_plgdf`` and none trained, the plgdf runs themselves, see
+    :func:`plus_is_deployment_only`) are scored at ``plus_variant`` (default: ``variant``; the headline passes the
     model the preset deploys) and compared with plgdf on the same seeds: with the ``plgdf_plus_ref`` runs (plgdf
     trained at the plgdf_plus runs' commit, :func:`load_plus_figures`) when there are any, else with the
     campaign's plgdf."""
@@ -210,7 +185,8 @@ def _budget_block(
     block.update(_gains(per_case[semi], per_case["supervised"], per_case["supervised_72"]))
     if "paired_gain" in block:
         block["paired_gain"]["n_cases"] = len(cases)
-    plus = figs.get(f"{PLUS}-{labels}", {})
+    trained_plus = figs.get(f"{PLUS}-{labels}", {})
+    plus = trained_plus or (plg if plus_from_plgdf else {})
     if semi == "plgdf" and plus:  # issue #18: the PLGDF+ preset, against PLGDF and against supervised
         plus_variant = plus_variant or variant
         per_plus = {s: _matrix(plus, plus_variant, [s], cases, "dice")[0] for s in sorted(plus)}
@@ -223,7 +199,13 @@ def _budget_block(
         if vs_plgdf:
             block["paired_gain_vs_plgdf"] = {k: vs_plgdf["paired_gain"][k] for k in ("mean", "ci95", "seeds")}
             block["paired_gain_vs_plgdf"]["reference"] = (
-                "plgdf at the plgdf_plus runs' commit" if ref else "the campaign's plgdf runs"
+                "plgdf at the plgdf_plus runs' commit"
+                if ref
+                else (
+                    "the campaign's plgdf runs"
+                    if trained_plus
+                    else "the same plgdf runs: the preset changes only the deployed model"
+                )
             )
             if ref:
                 block["dice"][PLUS_REF] = {str(s): float(np.mean(v)) for s, v in per_ref.items()}
@@ -404,15 +386,16 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
     out["machines"] = [json.loads(m) for m in out["machines"]]
     _add_derived(figs)
     out["best_of_both"] = {name: {str(s): f["best_of_both"] for s, f in sorted(r.items())} for name, r in figs.items()}
-    plus_runs = [f for name, r in figs.items() if name.startswith(f"{PLUS}-") for f in r.values()]
-    if plus_runs:  # derived (derive_plus_figures): the plgdf runs scored by the model the preset deploys
-        out[f"{PLUS}_derived_from_plgdf"] = all("derived_from" in f for f in plus_runs)
+    # no plgdf_plus run trained and a deployment-only preset: plgdf_plus is the plgdf runs' deployed model
+    from_plgdf = not any(name.startswith(f"{PLUS}-") for name in figs) and plus_is_deployment_only()
+    out[f"{PLUS}_from_plgdf_runs"] = from_plgdf
     for variant in variants() + derived_variants():
-        # the headline scores plgdf_plus by the model it deploys; every other variant like for like
-        plus_variant = f"{protocol}/{checkpoint}/{PLUS_DEPLOYED}" if variant == HEADLINE else None
-        blocks = {
-            str(n): b for n in budgets if (b := _budget_block(figs, n, variant, plus_variant=plus_variant)) is not None
-        }
+        # the headline scores plgdf_plus by the model it deploys; the other variants like for like, for trained
+        # plgdf_plus runs only (read from the plgdf runs, plgdf_plus equals plgdf there)
+        head = variant == HEADLINE
+        kw = {"plus_variant": f"{protocol}/{checkpoint}/{PLUS_DEPLOYED}" if head else None}
+        kw["plus_from_plgdf"] = from_plgdf and head
+        blocks = {str(n): b for n in budgets if (b := _budget_block(figs, n, variant, **kw)) is not None}
         out["variants"][variant] = blocks
         if variant == HEADLINE:
             out["budgets"] = blocks
@@ -514,20 +497,14 @@ def _ci(block: dict, key: str = "paired_gain") -> str:
     return f"{g['mean']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]"
 
 
-def _plus_gap(block: dict) -> str:
-    gap = block.get(f"{PLUS}_gap_recovered")
-    if gap is None:
+def _gap_cell(block: dict, prefix: str = "") -> str:
+    """``<prefix>gap_recovered`` with its interval (``prefix`` ``"plgdf_plus_"`` for the PLGDF+ arm)."""
+    gap = block.get(f"{prefix}gap_recovered")
+    if gap is None or not math.isfinite(gap):
         return "–"
-    lo, hi = block[f"{PLUS}_gap_recovered_ci95"]
-    return f"{100 * gap:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]"
-
-
-def _gap_cell(block: dict) -> str:
-    if block.get("gap_recovered") is None or not math.isfinite(block["gap_recovered"]):
-        return "–"
-    ci = block.get("gap_recovered_ci95")
+    ci = block.get(f"{prefix}gap_recovered_ci95")
     ci_txt = f" [{ci[0] * 100:.0f}, {ci[1] * 100:.0f}]" if ci else ""
-    return f"{block['gap_recovered'] * 100:.0f} %{ci_txt}"
+    return f"{gap * 100:.0f} %{ci_txt}"
 
 
 def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
@@ -554,14 +531,12 @@ def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
                 f"| {n} | {_fmt(ms['supervised']['dice'])} | {_fmt(ms['plgdf']['dice'])} | "
                 f"{_fmt(ms['supervised_72']['dice'])} | {_ci(b)} | {_gap_cell(b)} | {seeds} |"
             )
-        # derived plgdf_plus runs equal plgdf's in every variant but the deployed one: only the headline tells
-        derived = summary.get(f"{PLUS}_derived_from_plgdf") and variant != HEADLINE
         for n, b in blocks.items():
-            if "paired_gain_vs_plgdf" in b and not derived:
+            if "paired_gain_vs_plgdf" in b:
                 lines.append(
                     f"{n} labels, `{PLUS}` ({b[f'{PLUS}_variant']}): {_fmt(b['mean_sd'][PLUS]['dice'])}; against "
                     f"plgdf {_ci(b, 'paired_gain_vs_plgdf')} ({b['paired_gain_vs_plgdf']['reference']}), against "
-                    f"supervised {_ci(b, f'{PLUS}_paired_gain')}, gap recovered {_plus_gap(b)}"
+                    f"supervised {_ci(b, f'{PLUS}_paired_gain')}, gap recovered {_gap_cell(b, f'{PLUS}_')}"
                 )
         lines.append("")
     current = summary.get("current_default_window") or {}
@@ -589,8 +564,6 @@ def markdown(summary: dict[str, Any], figs: dict[str, dict[int, dict]]) -> str:
         for s, f in sorted(runs.items()):
             wall = f"{f['wall_seconds'] / 60:.1f}" if f.get("wall_seconds") else "–"
             cpu = (f.get("machine") or {}).get("cpu", "?")
-            if f.get("derived_from"):  # not trained: the plgdf run it was derived from
-                wall = f"(= {Path(f['derived_from']).stem})"
             lines.append(f"| {name} | {s} | {wall} | {f.get('attempts')} | {cpu} | {str(f.get('commit'))[:10]} |")
     return "\n".join(lines) + "\n"
 
@@ -637,7 +610,7 @@ def _curves(figs: dict[str, dict[int, dict]], results_dir: Path, budgets: Iterab
         series, styles = {}, {}
         for colour, name in zip(colours, (f"supervised-{n}", f"plgdf-{n}", f"{PLUS}-{n}", f"supervised-{CEILING}")):
             for s, f in sorted(figs.get(name, {}).items()):
-                if f["curves"].get("val_dice") and not f.get("derived_from"):  # a derived run repeats plgdf's
+                if f["curves"].get("val_dice"):
                     series[f"{name} s{s}"] = [tuple(p) for p in f["curves"]["val_dice"]]
                     styles[f"{name} s{s}"] = {"color": colour, "linestyle": dashes[s % len(dashes)]}
         if any(not k.startswith(f"supervised-{CEILING} ") for k in series):

@@ -16,7 +16,6 @@ The campaign (labelled budget and seed first-class; see docs/results.md):
     python -m scripts.la_lite window-summary             # inference default vs paper stride, every checkpoint
     python -m scripts.la_lite crop-fg --labels 4         # true foreground fraction of random crops, per part
     python -m scripts.la_lite screen-summary --results-dir docs/results/plgdf_plus_screen   # PLGDF+ screen table
-    python -m scripts.la_lite plus-derive                # plgdf_plus runs from the plgdf runs (deployment-only preset)
 
 A campaign run lives in <run-root>/labels<N>/<arm>/seed<k>; after it ends its figures go to
 <results-dir>/la_lite_runs/<arm>-<N>_seed<k>.json (default results dir docs/results), the summary
@@ -70,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
             "window-summary",
             "crop-fg",
             "screen-summary",
-            "plus-derive",
         ],
     )
     parser.add_argument("--la-dir", default="../shared/data/LA", help="LA folder (default ../shared/data/LA)")
@@ -174,12 +172,6 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
             print(json.dumps(result["parts"], indent=2))
             print(f"[crop-fg] recorded in {path}")
-            return 0
-        if args.step == "plus-derive":
-            from benchmarks.campaign_report import derive_plus_figures
-
-            for path in derive_plus_figures(args.results_dir):
-                print(f"[campaign] wrote {path}")
             return 0
         if args.step == "screen-summary":
             from benchmarks.campaign_report import screen_markdown, screen_summary

@@ -119,7 +119,11 @@ def test_tiny_campaign_end_to_end(fake_la, tmp_path, monkeypatch):  # noqa: F811
     summary = json.loads((results / "la_lite_summary.json").read_text())
     assert (summary["protocol"], summary["checkpoint"], summary["model"]) == ("paper_stride", "best", "student")
     block = summary["budgets"]["2"]
-    assert set(block["dice"]) == {"supervised", "plgdf", "supervised_72"}
+    # the repo's plgdf_plus preset only changes what is deployed, so the headline scores the plgdf runs as deployed
+    assert set(block["dice"]) == {"supervised", "plgdf", "supervised_72", "plgdf_plus"}
+    assert summary["plgdf_plus_from_plgdf_runs"] and block["plgdf_plus_variant"] == "paper/best/best_of_both"
+    deployed = fig["evaluations"][f"paper/best/{summary['best_of_both']['plgdf-2']['0']}"]["cases"].values()
+    assert block["dice"]["plgdf_plus"]["0"] == pytest.approx(100 * np.mean([c["dice"] for c in deployed]), abs=0.01)
     assert set(block["dice"]["plgdf"]) == {"0"} and set(block["paired_gain"]) >= {"mean", "ci95"}
     gain = block["dice"]["plgdf"]["0"] - block["dice"]["supervised"]["0"]
     assert block["paired_gain"]["mean"] == pytest.approx(gain)

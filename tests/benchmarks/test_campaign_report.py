@@ -15,11 +15,11 @@ from benchmarks.campaign_report import (
     _budget_block,
     _diagnosis_lines,
     best_of_both,
-    derive_plus_figures,
     derived_variants,
     diagnosis,
     load_figures,
     load_plus_figures,
+    plus_is_deployment_only,
     screen_markdown,
     screen_summary,
     window_gains,
@@ -199,27 +199,26 @@ def test_summary_compares_plgdf_plus_with_plgdf_of_its_own_commit_and_scores_wha
     assert headline["plgdf_plus_gap_recovered"] == pytest.approx(18.0 / 25.0)  # (83 - 65) / (90 - 65)
 
 
-def test_plus_figures_are_derived_only_from_a_deployment_only_preset(tmp_path):
+def test_summary_reads_plgdf_plus_from_the_plgdf_runs_while_the_preset_only_changes_deployment(tmp_path):
+    for seed in (0, 1):
+        _run_file(tmp_path, "supervised", 4, seed, [70.0, 60.0])
+        _run_file(tmp_path, "supervised", 72, seed, [90.0, 90.0])
+        fig = _figure([80.0, 70.0], arm="plgdf", labels=4, seed=seed, student_val=0.5)
+        if seed == 1:  # the teacher validates better on seed 1: the preset deploys it
+            fig["curves"]["val_dice_teacher"] = [[250, 0.9]]
+            fig["evaluations"]["paper/best/teacher"] = {
+                "cases": {f"case{i}": {"dice": d / 100, "hd95_mm": 5.0, "asd_mm": 1.0} for i, d in enumerate([84, 74])}
+            }
+        (tmp_path / "la_lite_runs" / f"plgdf-4_seed{seed}.json").write_text(json.dumps(fig))
+    figs = load_figures(tmp_path)
+    _add_derived(figs)
+    block = _budget_block(figs, 4, "paper/best/student", plus_variant="paper/best/best_of_both", plus_from_plgdf=True)
+    assert block["dice"]["plgdf_plus"] == {"0": 75.0, "1": 79.0}
+    assert block["paired_gain_vs_plgdf"]["mean"] == pytest.approx(2.0)  # (0 + 4) / 2
+    assert block["paired_gain_vs_plgdf"]["reference"].startswith("the same plgdf runs")
+    assert "plgdf_plus" not in _budget_block(figs, 4, "paper/best/student")["dice"]  # not asked: not read
     preset = tmp_path / "plgdf_plus.json"
     preset.write_text(json.dumps({"validate_teacher": True, "deploy_model": "best_of_both"}))
-    _run_file(tmp_path, "plgdf", 4, 0, [80.0, 70.0])
-    _run_file(tmp_path, "supervised", 4, 0, [70.0, 60.0])  # not a plgdf run: ignored
-    trained = tmp_path / "plgdf_plus" / "la_lite_runs" / "plgdf_plus-4_seed1.json"
-    trained.parent.mkdir(parents=True)
-    trained.write_text(json.dumps({"arm": "plgdf_plus", "labels": 4, "seed": 1}))
-    _run_file(tmp_path, "plgdf", 4, 1, [80.0, 70.0])  # a trained plgdf_plus run of seed 1 exists: kept
-    written = derive_plus_figures(tmp_path, preset)
-    assert [p.name for p in written] == ["plgdf_plus-4_seed0.json"]
-    fig = json.loads(written[0].read_text())
-    assert fig["arm"] == "plgdf_plus" and fig["derived_from"] == "la_lite_runs/plgdf-4_seed0.json"
-    assert "derived_from" not in json.loads(trained.read_text())
-    figs = load_figures(tmp_path)
-    load_plus_figures(tmp_path, figs)
-    assert sorted(figs["plgdf_plus-4"]) == [1] and "plgdf_plus_ref-4" not in figs  # trained: derived ones left out
-    trained.unlink()
-    figs = load_figures(tmp_path)
-    load_plus_figures(tmp_path, figs)
-    assert sorted(figs["plgdf_plus-4"]) == [0] and figs["plgdf_plus-4"][0]["derived_from"]
+    assert plus_is_deployment_only(preset) and plus_is_deployment_only()  # the repository's preset too
     preset.write_text(json.dumps({"deploy_model": "best_of_both", "semi_on_clean": True}))
-    with pytest.raises(ValueError, match="changes training \\(semi_on_clean\\)"):
-        derive_plus_figures(tmp_path, preset)
+    assert not plus_is_deployment_only(preset) and not plus_is_deployment_only(tmp_path / "missing.json")
