@@ -411,71 +411,84 @@ def summarize(results_dir: str | os.PathLike, budgets: Iterable[int] | None = No
 
 
 SCREEN_FILE = "plgdf_plus_screen.json"
+SCREEN_SEEDS_FILE = "plgdf_plus_screen_seeds.json"  # every seed an arm shares with the reference
 SCREEN_VARIANTS = ("paper/best/student", "default/best/student", "paper/best/teacher", f"paper/best/{BEST_OF_BOTH}")
 
 
 def screen_summary(
-    results_dir: str | os.PathLike, labels: int = 4, seed: int = 0, reference: str = "plgdf"
+    results_dir: str | os.PathLike, labels: int = 4, seed: int | None = 0, reference: str = "plgdf"
 ) -> dict[str, Any]:
-    """The PLGDF+ screen (issue #18): every arm run at ``labels`` and ``seed`` in ``results_dir`` (its own folder,
-    one commit) against the ``reference`` arm of the same folder, on the validation cases. Per arm and variant
-    (:data:`SCREEN_VARIANTS`): the case-mean Dice and the difference to the reference with its 95 % bootstrap
-    interval over cases (one seed: the interval holds the case spread only); the best in-training validation Dice
-    of student and teacher, and the wall time. Writes ``plgdf_plus_screen.json`` there.
+    """The PLGDF+ screen (issue #18): every arm run at ``labels`` in ``results_dir`` (its own folder, one commit)
+    against the ``reference`` arm of the same folder, on the validation cases. ``seed``: the one seed compared
+    (written to ``plgdf_plus_screen.json``), or ``None``: every seed an arm shares with the reference, paired seed
+    by seed and case by case (``plgdf_plus_screen_seeds.json``). Per arm and variant (:data:`SCREEN_VARIANTS`): the
+    mean Dice, the reference's over the same seeds, and the paired difference with its 95 % bootstrap interval
+    (over seeds and cases; one seed: the case spread only); per arm the seeds, the best in-training validation Dice
+    of student and teacher and the wall time (means over the seeds).
 
     Raises:
-        FileNotFoundError: no figures of the reference arm at that budget and seed.
+        FileNotFoundError: no figures of the reference arm at that budget (and seed).
     """
     results_dir = Path(results_dir)
     figs = load_figures(results_dir)
     _add_derived(figs)
-    ref = figs.get(f"{reference}-{labels}", {}).get(seed)
-    if ref is None:
+    refs = figs.get(f"{reference}-{labels}", {})
+    if seed is not None:
+        refs = {seed: refs[seed]} if seed in refs else {}
+    if not refs:
+        at = f" seed {seed}" if seed is not None else ""
         raise FileNotFoundError(
-            f"no {reference}-{labels} seed {seed} figures in {results_dir / RUNS_DIR}: the screen needs its reference."
+            f"no {reference}-{labels}{at} figures in {results_dir / RUNS_DIR}: the screen needs its reference."
         )
     out: dict[str, Any] = {"labels": labels, "seed": seed, "reference": reference, "arms": {}}
     for name, runs in sorted(figs.items()):
         arm, n = name.rsplit("-", 1)
-        if int(n) != labels or seed not in runs:
+        seeds = sorted(s for s in runs if s in refs)
+        if int(n) != labels or not seeds:
             continue
-        fig = runs[seed]
-        row: dict[str, Any] = {"commit": fig.get("commit"), "wall_seconds": fig.get("wall_seconds")}
+        row: dict[str, Any] = {"seeds": seeds, "commit": runs[seeds[0]].get("commit")}
+        walls = [runs[s]["wall_seconds"] for s in seeds if runs[s].get("wall_seconds")]
+        row["wall_seconds"] = float(np.mean(walls)) if walls else None
         for key in ("val_dice", "val_dice_teacher"):
-            row[f"{key}_best"] = _curve_best(fig, key)
-        row["best_of_both"] = fig["best_of_both"]
+            best = [b for b in (_curve_best(runs[s], key) for s in seeds) if b is not None]
+            row[f"{key}_best"] = float(np.mean(best)) if best else None
+        row["best_of_both"] = (
+            runs[seeds[0]]["best_of_both"] if len(seeds) == 1 else [runs[s]["best_of_both"] for s in seeds]
+        )
         for variant in SCREEN_VARIANTS:
-            if variant not in fig["evaluations"] or variant not in ref["evaluations"]:
+            if any(variant not in runs[s]["evaluations"] or variant not in refs[s]["evaluations"] for s in seeds):
                 continue
-            cases = sorted(ref["evaluations"][variant]["cases"])
-            a = _matrix({0: fig}, variant, [0], cases, "dice")
-            b = _matrix({0: ref}, variant, [0], cases, "dice")
-            entry: dict[str, Any] = {"dice": float(a.mean())}
+            cases = sorted(refs[seeds[0]]["evaluations"][variant]["cases"])
+            a = _matrix(runs, variant, seeds, cases, "dice")
+            b = _matrix(refs, variant, seeds, cases, "dice")
+            entry: dict[str, Any] = {"dice": float(a.mean()), "per_seed": [float(x) for x in a.mean(axis=1)]}
             if arm != reference:
                 gain = paired_gain(a, b)
+                entry["reference_dice"] = float(b.mean())
                 entry["vs_reference"] = {"mean": gain["mean"], "ci95": gain["ci95"]}
             row[variant] = entry
         out["arms"][arm] = row
-    write_json_atomic(results_dir / SCREEN_FILE, out, indent=1)
+    write_json_atomic(results_dir / (SCREEN_FILE if seed is not None else SCREEN_SEEDS_FILE), out, indent=1)
     return out
 
 
 def screen_markdown(screen: dict[str, Any]) -> str:
-    """The screen's table: Dice % per arm and variant, with the difference to the reference [95 % CI over cases]."""
-    head = ["arm", *SCREEN_VARIANTS, "in-training best (student / teacher)", "wall min"]
+    """The screen's table: Dice % per arm and variant, with the paired difference to the reference [95 % CI] (and,
+    over several seeds, the reference's Dice on the same seeds)."""
+    head = ["arm", "seeds", *SCREEN_VARIANTS, "in-training best (student / teacher)", "wall min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, row in screen["arms"].items():
-        cells = [f"`{arm}`"]
+        cells = [f"`{arm}`", ", ".join(str(s) for s in row.get("seeds", [screen.get("seed")]))]
         for variant in SCREEN_VARIANTS:
             entry = row.get(variant)
             if entry is None:
                 cells.append("–")
                 continue
             g = entry.get("vs_reference")
-            cells.append(
-                f"{entry['dice']:.2f}"
-                + (f" ({g['mean']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}])" if g else " (reference)")
-            )
+            ref = f"{g['mean']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]" if g else ""
+            if g and len(row.get("seeds", [])) > 1:
+                ref += f" vs {entry['reference_dice']:.2f}"
+            cells.append(f"{entry['dice']:.2f}" + (f" ({ref})" if g else " (reference)"))
         best = [row.get("val_dice_best"), row.get("val_dice_teacher_best")]
         cells.append(" / ".join(f"{v:.4f}" if v is not None else "–" for v in best))
         cells.append(f"{row['wall_seconds'] / 60:.0f}" if row.get("wall_seconds") else "–")

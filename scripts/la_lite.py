@@ -16,6 +16,7 @@ The campaign (labelled budget and seed first-class; see docs/results.md):
     python -m scripts.la_lite window-summary             # inference default vs paper stride, every checkpoint
     python -m scripts.la_lite crop-fg --labels 4         # true foreground fraction of random crops, per part
     python -m scripts.la_lite screen-summary --results-dir docs/results/plgdf_plus_screen   # PLGDF+ screen table
+    python -m scripts.la_lite screen-summary --results-dir docs/results/plgdf_plus_screen --all-seeds  # paired seeds
 
 A campaign run lives in <run-root>/labels<N>/<arm>/seed<k>; after it ends its figures go to
 <results-dir>/la_lite_runs/<arm>-<N>_seed<k>.json (default results dir docs/results), the summary
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         "--labels", type=int, choices=[4, 8, 16, 72], help="run, crop-fg, screen-summary (default 4): labelled budget"
     )
     parser.add_argument("--seed", type=int, default=0, help="run, crop-fg, screen-summary: seed (default 0)")
+    parser.add_argument(
+        "--all-seeds", action="store_true", help="screen-summary: pair every seed an arm shares with the reference"
+    )
     parser.add_argument("--plan", action="append", help="campaign: run spec <arm>-<labels>:<seed>, repeatable")
     parser.add_argument("--results-dir", default="docs/results", help="run/campaign/summary: figures folder")
     parser.add_argument("--commit-repo", help="campaign: commit each run's figures in this git checkout")
@@ -176,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.step == "screen-summary":
             from benchmarks.campaign_report import screen_markdown, screen_summary
 
-            screen = screen_summary(args.results_dir, labels=args.labels or 4, seed=args.seed)
+            seed = None if args.all_seeds else args.seed
+            screen = screen_summary(args.results_dir, labels=args.labels or 4, seed=seed)
             print(screen_markdown(screen))
             return 0
         if args.step == "summary":

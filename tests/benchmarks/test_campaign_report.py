@@ -150,9 +150,30 @@ def test_screen_summary_reads_each_arm_against_its_own_reference(tmp_path):
     assert screen["arms"]["plgdf"]["best_of_both"] == "student"
     assert json.loads((tmp_path / "plgdf_plus_screen.json").read_text())["arms"].keys() == screen["arms"].keys()
     table = screen_markdown(screen)
-    assert "| `plgdf_semi_warmup` | 80.00 (+5.00 [+4.00, +6.00])" in table and "(reference)" in table
+    assert "| `plgdf_semi_warmup` | 0 | 80.00 (+5.00 [+4.00, +6.00])" in table and "(reference)" in table
     with pytest.raises(FileNotFoundError, match="needs its reference"):
         screen_summary(tmp_path, labels=8)
+    with pytest.raises(FileNotFoundError, match="seed 3 figures"):
+        screen_summary(tmp_path, seed=3)
+
+
+def test_screen_summary_over_seeds_pairs_each_seed_with_the_reference_of_that_seed(tmp_path):
+    _run_file(tmp_path, "plgdf", 4, 0, [80.0, 70.0])
+    _run_file(tmp_path, "plgdf", 4, 1, [60.0, 50.0])
+    _run_file(tmp_path, "plgdf", 4, 2, [90.0, 90.0])  # no candidate run of seed 2: not in the candidate's pairs
+    _run_file(tmp_path, "plgdf_authors_aug", 4, 0, [78.0, 68.0])  # -2 on seed 0
+    _run_file(tmp_path, "plgdf_authors_aug", 4, 1, [64.0, 54.0])  # +4 on seed 1
+    _run_file(tmp_path, "plgdf_authors_aug", 4, 5, [0.0, 0.0])  # no reference of seed 5: left out
+    screen = screen_summary(tmp_path, seed=None)
+    row = screen["arms"]["plgdf_authors_aug"]
+    assert row["seeds"] == [0, 1] and screen["arms"]["plgdf"]["seeds"] == [0, 1, 2]
+    entry = row["paper/best/student"]
+    assert entry["dice"] == pytest.approx(66.0) and entry["reference_dice"] == pytest.approx(65.0)
+    assert entry["per_seed"] == pytest.approx([73.0, 59.0])
+    assert entry["vs_reference"]["mean"] == pytest.approx(1.0)
+    assert entry["vs_reference"]["ci95"][0] == pytest.approx(-2.0) and entry["vs_reference"]["ci95"][1] > 1.0
+    assert json.loads((tmp_path / "plgdf_plus_screen_seeds.json").read_text())["seed"] is None
+    assert "| `plgdf_authors_aug` | 0, 1 | 66.00 (+1.00 [-2.00, " in screen_markdown(screen)
 
 
 def test_summary_reports_plgdf_plus_against_plgdf_and_supervised(tmp_path):
