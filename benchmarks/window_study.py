@@ -13,8 +13,9 @@ A setting is a dict:
   :class:`bundle.inference.inferers.ProbabilityInferer`;
 - ``{"stride": [9, 9, 2]}``: the paper's exact-stride window with uniform averaging
   (:class:`bundle.inference.inferers.StridedSlidingWindowInferer`), optionally ``"keep": 7`` (one window of every
-  seven of that grid, a lattice subset: :func:`bundle.inference.inferers.lattice_windows`) and ``"sigma": 0.5``
-  (gaussian weights instead of the uniform average).
+  seven of that grid, a lattice subset: :func:`bundle.inference.inferers.lattice_windows`), ``"sigma": 0.5``
+  (gaussian weights instead of the uniform average) and ``"flips": [[], [0, 1, 2]]`` (window n seen flipped along
+  entry n mod 2: ``window_flips``).
 
 ``python -m scripts.la_lite windows`` runs it on the LA-lite validation cases (``docs/results.md``).
 """
@@ -49,7 +50,7 @@ WINDOW_SETTINGS: dict[str, dict[str, Any]] = {
     "overlap 0.75, constant": {"overlap": 0.75, "mode": "constant"},
     "paper stride 9x9x2": {"stride": [9, 9, 2]},
 }
-_KEYS = {"overlap", "mode", "sigma", "average", "roi", "tta", "stride", "keep"}
+_KEYS = {"overlap", "mode", "sigma", "average", "roi", "tta", "stride", "keep", "flips"}
 
 
 def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batch_size: int = 4) -> Any:
@@ -65,9 +66,9 @@ def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batc
     if "keep" in setting and "stride" not in setting:
         raise ValueError(f"'keep' needs a 'stride' (the grid it keeps one window in so many of), got {dict(setting)}.")
     if "stride" in setting:
-        if set(setting) - {"stride", "roi", "keep", "sigma"}:
+        if set(setting) - {"stride", "roi", "keep", "sigma", "flips"}:
             raise ValueError(
-                f"a stride setting takes only 'roi', 'keep' and 'sigma' besides 'stride', got {dict(setting)}."
+                f"a stride setting takes only 'roi', 'keep', 'sigma' and 'flips' besides 'stride', got {dict(setting)}."
             )
         inner = StridedSlidingWindowInferer(
             roi,
@@ -75,6 +76,7 @@ def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batc
             sw_batch_size=sw_batch_size,
             keep=int(setting.get("keep", 1)),
             sigma_scale=setting.get("sigma"),
+            window_flips=setting.get("flips", ()),
         )
         return ProbabilityInferer(inner)
     inner = SlidingWindowInferer(

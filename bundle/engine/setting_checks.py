@@ -136,6 +136,12 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sw_overlap": _number_or_triple(0, 1, hi_open=True),
     "sw_sigma_scale": _number_or_triple(0, lo_open=True),
     "sw_average": _choice("logits", "probabilities"),
+    "sw_window_flips": (
+        (lambda v: isinstance(v, (list, tuple)) and all(
+            isinstance(a, (list, tuple)) and len(set(a)) == len(a) and all(_is_int(x) and 0 <= x <= 2 for x in a)
+            for a in v)),
+        "a list of lists of spatial axes 0-2, e.g. [[], [0, 1, 2]] (window n is seen flipped along entry n mod len)",
+    ),
     "cache_rate": _number(0, 1),
     "consistency_weight": _number(0),
     "sharpen_temperature": _number(0, lo_open=True),

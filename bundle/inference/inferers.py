@@ -142,6 +142,30 @@ def _lattice_windows(
     return tuple((corner, not on) for corner, k, on in zip(corners, kept.tolist(), lattice.tolist()) if k)
 
 
+def _window_flips(window_flips: Any, nd: int) -> tuple[tuple[int, ...], ...]:
+    """``window_flips`` checked: a list of lists of distinct spatial axes (``0 .. nd - 1``); ``()`` -> ``((),)``."""
+    error = ValueError(
+        f"window_flips must be a list of lists of spatial axes 0..{nd - 1}, e.g. [[], [0, 1, 2]], got {window_flips!r}."
+    )
+    if isinstance(window_flips, (str, bytes)) or not isinstance(window_flips, Sequence):
+        raise error
+    out = []
+    for axes in window_flips:
+        if isinstance(axes, (str, bytes)) or not isinstance(axes, Sequence):
+            raise error
+        if any(isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < nd for a in axes) or len(set(axes)) < len(
+            axes
+        ):
+            raise error
+        out.append(tuple(int(a) for a in axes))
+    return tuple(out) or ((),)
+
+
+def _flip(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """``t`` ``(N, C, *spatial)`` flipped along spatial ``axes`` (its own inverse)."""
+    return t.flip([a + 2 for a in axes]) if axes else t
+
+
 class StridedSlidingWindowInferer(Inferer):
     """Strided sliding window with uniform averaging of window softmaxes (the paper's test protocol).
 
@@ -168,6 +192,11 @@ class StridedSlidingWindowInferer(Inferer):
             (the paper's protocol).
         sigma_scale: weight each window's probabilities by a gaussian of ``sigma_scale * roi_size`` per axis
             (MONAI's ``compute_importance_map``) in the average; default ``None``, uniform (the paper's protocol).
+        window_flips: test-time augmentation at no extra forward pass: window ``n`` of the run (in plan order) is
+            flipped along the spatial axes ``window_flips[n % len(window_flips)]`` before the network and its
+            output flipped back, e.g. ``[[], [0, 1, 2]]``: every second window seen mirrored through all three
+            axes, as ``configs/train.json``'s ``RandFlipd`` trains it. Use only flips the model was trained with
+            (a flip it never saw costs Dice). Default ``()``: no flipping (the paper's protocol).
     """
 
     def __init__(
@@ -179,6 +208,7 @@ class StridedSlidingWindowInferer(Inferer):
         pad_mode: str = "constant",
         keep: int = 1,
         sigma_scale: float | Sequence[float] | None = None,
+        window_flips: Sequence[Sequence[int]] = (),
     ) -> None:
         super().__init__()
         self.roi_size = tuple(int(r) for r in roi_size)
@@ -215,6 +245,7 @@ class StridedSlidingWindowInferer(Inferer):
         self.pad_mode = pad_mode
         self.keep = int(keep)
         self.sigma_scale = None if sigmas is None else tuple(float(v) for v in sigmas)
+        self.window_flips = _window_flips(window_flips, len(self.roi_size))
 
     def count_windows(self, spatial_shape: Sequence[int]) -> int:
         """Number of windows run over a volume of ``spatial_shape`` (``(H, W, D)``)."""
@@ -260,7 +291,10 @@ class StridedSlidingWindowInferer(Inferer):
         count = torch.zeros((1, 1, *padded), dtype=torch.float32, device=x.device)
         for i in range(0, len(slices), self.sw_batch_size):
             chunk = slices[i : i + self.sw_batch_size]
-            patches = torch.cat([x[(slice(None), slice(None), *sl)] for sl in chunk], dim=0)
+            flips = [self.window_flips[(i + j) % len(self.window_flips)] for j in range(len(chunk))]
+            patches = torch.cat(
+                [_flip(x[(slice(None), slice(None), *sl)], dims) for sl, dims in zip(chunk, flips)], dim=0
+            )
             logits = network(patches, *args, **kwargs)
             if not isinstance(logits, torch.Tensor):
                 raise TypeError(
@@ -277,6 +311,8 @@ class StridedSlidingWindowInferer(Inferer):
                     f"network returned {logits.shape[1]} channels, expected num_classes={self.num_classes}."
                 )
             prob = torch.softmax(logits.float(), dim=1)
+            if any(flips):
+                prob = torch.cat([_flip(p, dims) for p, dims in zip(prob.split(batch), flips)], dim=0)
             if score is None:
                 score = torch.zeros((batch, prob.shape[1], *padded), dtype=torch.float32, device=x.device)
             for j, sl in enumerate(chunk):

@@ -50,6 +50,8 @@ def test_default_setting_follows_the_inference_config(tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"sw_mode": "gaussian"}))
     assert default_setting(presets=[la_lite, other]) == {"stride": [9, 9, 2], "keep": 7, "sigma": 0.5}
+    other.write_text(json.dumps({"sw_window_flips": [[], [0, 1, 2]]}))
+    assert default_setting(presets=[la_lite, other]) == {"stride": [9, 9, 2], "keep": 7, "flips": [[], [0, 1, 2]]}
     other.write_text(json.dumps({"window_inferer": "@sliding_window_inferer"}))
     assert default_setting(presets=[other]) == {
         "overlap": cfg["sw_overlap"],

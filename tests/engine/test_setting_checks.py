@@ -96,3 +96,10 @@ def test_window_settings_take_one_value_or_one_per_axis():
     assert "sw_overlap = [0.5, 0.5]" in errors[0] and "list of three" in errors[0]
     assert any("sw_sigma_scale" in e and "> 0" in e for e in errors)
     assert any("sw_average" in e and "'probabilities'" in e for e in errors)
+
+
+def test_window_flips_are_lists_of_spatial_axes():
+    assert check_settings({"sw_window_flips": [[], [0, 1, 2]]}) == [] == check_settings({"sw_window_flips": [[]]})
+    for bad in ([0, 1], [[3]], [[0, 0]], "[[], [0]]", [[True]]):
+        (error,) = check_settings({"sw_window_flips": bad})
+        assert error.startswith(f"sw_window_flips = {bad!r}") and "lists of spatial axes 0-2" in error

@@ -223,7 +223,7 @@ def test_inference_preprocessing_matches_training():
     lattice = infer["lattice_inferer"]
     assert window["_target_"] == lattice["_target_"] == "bundle.inference.inferers.StridedSlidingWindowInferer"
     assert (window["roi_size"], lattice["roi_size"]) == ("@patch_size", "@sw_roi_size")
-    for key in ("stride", "keep", "sigma_scale", "num_classes"):
+    for key in ("stride", "keep", "sigma_scale", "num_classes", "window_flips"):
         assert window[key] == lattice[key], key
     # one preprocessing definition: inference.json repeats train.json's list verbatim (it must stay self-contained
     # for MONAI Label and ckpt_export); only the top-level setting track_meta differs (meta kept for Invertd)
@@ -511,3 +511,23 @@ def test_spleen_ct_inference_in_ct_geometry(tmp_path):
     np.testing.assert_array_equal(mask.affine, img.affine)
     np.testing.assert_allclose(mask.header.get_zooms()[:3], img.header.get_zooms()[:3])
     assert mask.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+def test_window_flips_are_off_by_default_and_reach_the_validation_window():
+    """``sw_window_flips`` (windows seen flipped, at no extra forward pass) is off in both configs and every preset
+    (on LA-lite validation it was not a reliable gain, docs/performance.md); set, it reaches the in-training
+    validation's window as inference's."""
+    from monai.bundle import ConfigParser
+
+    for base in ("train.json", "inference.json"):
+        for preset in (None, "la_lite.json", "la.json"):
+            parser = ConfigParser()
+            parser.read_config(
+                [str(REPO_ROOT / "configs" / base)]
+                + ([str(REPO_ROOT / "configs" / "presets" / preset)] if preset else [])
+            )
+            assert parser.get_parsed_content("sw_window_flips") == [[]], (base, preset)
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / "train.json")])
+    parser["sw_window_flips"] = [[], [0, 1, 2]]
+    assert parser.get_parsed_content("validate#inferer#inferer").window_flips == ((), (0, 1, 2))

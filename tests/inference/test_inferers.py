@@ -289,3 +289,38 @@ def test_keep_and_gaussian_weights_match_a_direct_loop():
 def test_bad_keep_or_sigma_raise(kwargs):
     with pytest.raises(ValueError, match="keep|sigma_scale"):
         StridedSlidingWindowInferer((8, 8, 8), 4, **kwargs)
+
+
+def test_window_flips_mirror_every_other_window_and_flip_its_output_back():
+    """``window_flips=[[], [0, 1, 2]]``: window n of the plan is seen mirrored when n is odd, its softmax mirrored
+    back before blending; with batching and an image batch the result is the same as a direct loop."""
+    from bundle.inference.inferers import FILL_WEIGHT
+
+    net = _conv_net(out_channels=2)  # position-dependent output: a mirrored window gives other probabilities
+    x = torch.randn(2, 1, 30, 21, 14, generator=torch.Generator().manual_seed(6))
+    roi, stride = (12, 12, 8), (3, 3, 2)
+    plan = lattice_windows((30, 21, 14), roi, stride, 5, with_fill_flags=True)
+    flips = [(), (0, 1, 2)]
+    score = torch.zeros(2, 2, 30, 21, 14)
+    count = torch.zeros(1, 1, 30, 21, 14)
+    with torch.no_grad():
+        for n, (corner, filled) in enumerate(plan):
+            sl = (slice(None), slice(None), *(slice(c, c + r) for c, r in zip(corner, roi)))
+            dims = [a + 2 for a in flips[n % 2]]
+            prob = torch.softmax(net(x[sl].flip(dims) if dims else x[sl]), 1)
+            w = FILL_WEIGHT if filled else 1.0
+            score[sl] += (prob.flip(dims) if dims else prob) * w
+            count[sl] += w
+        for batch in (1, 4):
+            out = StridedSlidingWindowInferer(roi, stride, keep=5, sw_batch_size=batch, window_flips=flips)(x, net)
+            torch.testing.assert_close(out, score / count, rtol=0, atol=1e-6)
+        plain = StridedSlidingWindowInferer(roi, stride, keep=5)(x, net)
+        same = StridedSlidingWindowInferer(roi, stride, keep=5, window_flips=[[]])(x, net)
+    torch.testing.assert_close(same, plain, rtol=0, atol=0)  # [[]] and () are no flipping
+    assert not torch.allclose(plain, score / count, atol=1e-4)  # the flips change the blend
+
+
+@pytest.mark.parametrize("flips", ["xyz", [[3]], [[0, 0]], [0, 1], [[True]], [["0"]]])
+def test_bad_window_flips_raise(flips):
+    with pytest.raises(ValueError, match="window_flips must be a list of lists of spatial axes 0..2"):
+        StridedSlidingWindowInferer((8, 8, 8), 4, window_flips=flips)
