@@ -9,9 +9,8 @@ V-Net 16, 112x112x80 window, ``configs/presets/la.json``'s default window; rando
 is timed the same way.
 
 ``default`` is read from ``configs/inference.json`` and the preset (:func:`default_setting`: the lattice
-window's ``sw_lattice_stride``, ``sw_keep``, ``sw_mode`` / ``sw_sigma_scale``, ``sw_window_flips``), so the summary always describes what
-users run. Results are written after every checkpoint and a
-rerun skips the checkpoints already scored (``--resume``). Command: ``python -m scripts.la_lite window-summary``.
+window's ``sw_lattice_stride``, ``sw_keep``, ``sw_mode`` / ``sw_sigma_scale``, ``sw_window_flips``), so the summary
+always describes what users run. Results are written after every checkpoint and a rerun skips the checkpoints already scored (``--resume``). Command: ``python -m scripts.la_lite window-summary``.
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ def default_setting(
     """The default window of ``config`` (+ ``presets``; ``roi_size`` overrides ``sw_roi_size``, ``overrides`` any
     other config id, e.g. ``{"sw_mode": "gaussian"}``) as a
     :mod:`benchmarks.window_study` setting: ``{"stride", "keep", "sigma", "flips"}`` for the lattice window
-    (``"sigma"`` only with gaussian blending, ``"flips"`` only when ``sw_window_flips`` flips any window), ``{"overlap", "mode", "sigma", "average"}`` for MONAI's overlap window, ``{"stride"}``
-    for the paper's."""
+    (``"sigma"`` only with gaussian blending, ``"flips"`` only when ``sw_window_flips`` flips any window),
+    ``{"overlap", "mode", "sigma", "average"}`` for MONAI's overlap window, ``{"stride"}`` for the paper's."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
