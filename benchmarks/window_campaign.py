@@ -10,7 +10,8 @@ is timed the same way.
 
 ``default`` is read from ``configs/inference.json`` and the preset (:func:`default_setting`: the lattice
 window's ``sw_lattice_stride``, ``sw_keep``, ``sw_mode`` / ``sw_sigma_scale``, ``sw_window_flips``), so the summary
-always describes what users run. Results are written after every checkpoint and a rerun skips the checkpoints already scored (``--resume``). Command: ``python -m scripts.la_lite window-summary``.
+always describes what users run. Results are written after every checkpoint and a rerun skips the checkpoints
+already scored (``--resume``). Command: ``python -m scripts.la_lite window-summary``.
 """
 
 from __future__ import annotations
