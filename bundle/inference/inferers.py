@@ -153,9 +153,8 @@ def _window_flips(window_flips: Any, nd: int) -> tuple[tuple[int, ...], ...]:
     for axes in window_flips:
         if isinstance(axes, (str, bytes)) or not isinstance(axes, Sequence):
             raise error
-        if any(isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < nd for a in axes) or len(set(axes)) < len(
-            axes
-        ):
+        bad_axis = any(isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < nd for a in axes)
+        if bad_axis or len(set(axes)) < len(axes):
             raise error
         out.append(tuple(int(a) for a in axes))
     return tuple(out) or ((),)
@@ -195,8 +194,9 @@ class StridedSlidingWindowInferer(Inferer):
         window_flips: test-time augmentation at no extra forward pass: window ``n`` of the run (in plan order) is
             flipped along the spatial axes ``window_flips[n % len(window_flips)]`` before the network and its
             output flipped back, e.g. ``[[], [0, 1, 2]]``: every second window seen mirrored through all three
-            axes, as ``configs/train.json``'s ``RandFlipd`` trains it. Use only flips the model was trained with
-            (a flip it never saw costs Dice). Default ``()``: no flipping (the paper's protocol).
+            axes, as ``configs/train.json``'s ``RandFlipd`` does with ``rand_flip_prob > 0`` (``la_lite.json``).
+            Use only flips the model was trained with (a flip it never saw costs Dice). Default ``()``: no
+            flipping (the paper's protocol).
     """
 
     def __init__(
