@@ -15,7 +15,7 @@ A setting is a dict:
   (:class:`bundle.inference.inferers.StridedSlidingWindowInferer`), optionally ``"keep": 7`` (one window of every
   seven of that grid, a lattice subset: :func:`bundle.inference.inferers.lattice_windows`), ``"sigma": 0.5``
   (gaussian weights instead of the uniform average) and ``"flips": [[], [0, 1, 2]]`` (window n seen flipped along
-  entry n mod 2: ``window_flips``).
+  entry n mod 2: ``window_flips``) or ``"tta"`` as above.
 
 ``python -m scripts.la_lite windows`` runs it on the LA-lite validation cases (``docs/results.md``).
 """
@@ -66,9 +66,10 @@ def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batc
     if "keep" in setting and "stride" not in setting:
         raise ValueError(f"'keep' needs a 'stride' (the grid it keeps one window in so many of), got {dict(setting)}.")
     if "stride" in setting:
-        if set(setting) - {"stride", "roi", "keep", "sigma", "flips"}:
+        if set(setting) - {"stride", "roi", "keep", "sigma", "flips", "tta"}:
             raise ValueError(
-                f"a stride setting takes only 'roi', 'keep', 'sigma' and 'flips' besides 'stride', got {dict(setting)}."
+                "a stride setting takes only 'roi', 'keep', 'sigma', 'flips' and 'tta' besides 'stride', "
+                f"got {dict(setting)}."
             )
         inner = StridedSlidingWindowInferer(
             roi,
@@ -78,7 +79,7 @@ def build_inferer(setting: Mapping[str, Any], patch_size: Sequence[int], sw_batc
             sigma_scale=setting.get("sigma"),
             window_flips=setting.get("flips", ()),
         )
-        return ProbabilityInferer(inner)
+        return ProbabilityInferer(inner, flip_axes=setting.get("tta", ()))
     inner = SlidingWindowInferer(
         roi,
         sw_batch_size=sw_batch_size,

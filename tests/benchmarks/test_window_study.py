@@ -84,6 +84,9 @@ def test_settings_are_checked():
         build_inferer({"overlap": 0.5, "keep": 7}, (16, 16, 16))
     lattice = build_inferer({"stride": [3, 3, 1], "keep": 7, "sigma": 0.5}, (16, 16, 16)).inferer
     assert (lattice.keep, lattice.sigma_scale, lattice.stride) == (7, (0.5, 0.5, 0.5), (3, 3, 1))
+    tta = build_inferer({"stride": [3, 3, 1], "keep": 7, "tta": [[0, 1, 2]]}, (16, 16, 16))
+    assert tta.flip_axes == [(0, 1, 2)] and tta.inferer.keep == 7
+    assert build_inferer({"stride": [3, 3, 1]}, (16, 16, 16)).flip_axes == []
 
 
 def test_compare_windows_rejects_empty_input(cases):
