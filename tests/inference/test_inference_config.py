@@ -191,6 +191,14 @@ def test_inference_config_properties(tmp_path):
     assert workflow.check_properties() == []
 
 
+def test_tta_default_is_the_flip_training_applies():
+    """`tta: true` mirrors through the axes train.json's RandFlipd flips together; flips a model never saw cost Dice."""
+    train = json.loads((REPO_ROOT / "configs" / "train.json").read_text())
+    infer = json.loads((REPO_ROOT / "configs" / "inference.json").read_text())
+    flip = next(t for t in train["augmentation"] if t["_target_"] == "RandFlipd")
+    assert infer["tta_flip_axes"] == [flip["spatial_axis"]] == [[0, 1, 2]]
+
+
 def test_inference_preprocessing_matches_training():
     """The deterministic preprocessing of inference.json is train.json's (same transforms and settings)."""
     train = json.loads((REPO_ROOT / "configs" / "train.json").read_text())
