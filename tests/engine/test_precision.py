@@ -111,7 +111,9 @@ def test_precision_network_converts_layout_runs_autocast_and_returns_float32():
     wrapped = precision.PrecisionNetwork(net, "bf16_cl")
     with torch.no_grad():
         out = wrapped(x)
-    assert seen["x"].is_contiguous(memory_format=torch.channels_last_3d) and not seen["x"].is_contiguous()
+    # the layer runs in bf16 on a channels_last module; the layout of a bf16 convolution's output is oneDNN's choice
+    # and differs by host (channels_last with native bf16, contiguous on AVX2-only hosts), so it is checked in fp32
+    assert seen["x"].dtype == torch.bfloat16
     assert precision.module_memory_format(net) == torch.channels_last_3d
     assert out.dtype == torch.float32 and out.shape == reference.shape
     assert not torch.equal(out, reference)  # bf16 numerics
@@ -119,6 +121,7 @@ def test_precision_network_converts_layout_runs_autocast_and_returns_float32():
     cl = precision.PrecisionNetwork(net, "fp32_cl")
     with torch.no_grad():
         assert torch.allclose(cl(x), reference, atol=1e-5)
+    assert seen["x"].is_contiguous(memory_format=torch.channels_last_3d) and not seen["x"].is_contiguous()
     assert list(wrapped.network.state_dict()) == list(PLGDFVNet(1, 2, n_filters=2).state_dict())
 
 
