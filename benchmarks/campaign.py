@@ -56,6 +56,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "plgdf_semi_warmup": ("configs/presets/semi_warmup.json",),
     "plgdf_teacher_eval": ("configs/presets/teacher_eval.json",),
     "plgdf_authors_aug": ("configs/presets/authors_augmentation.json",),
+    # candidate 8 (beyond the issue's list): a slower EMA of the student, validated and scored beside it
+    "plgdf_average": ("configs/presets/average_model.json",),
     # PLGDF+ (issue #18): the screen's winners (configs/presets/plgdf_plus.json)
     "plgdf_plus": ("configs/presets/plgdf_plus.json",),
 }
@@ -209,7 +211,8 @@ def train(run: Run, run_root: str | os.PathLike, overrides: Sequence[str] = ()) 
 def model_files(run: Run, run_root: str | os.PathLike) -> dict[tuple[str, str], Path]:
     """Flat state_dicts (plain tensors) of the four evaluated models, written once into ``<run dir>/eval_models``:
     ``(best|last, student|teacher) -> path``. The best teacher is the teacher's own best on validation
-    (``teacher_best.pt``); without one (no teacher validation), the teacher saved with the student's best."""
+    (``teacher_best.pt``); without one (no teacher validation), the teacher saved with the student's best. A run
+    with ``average_model`` adds a fifth, ``(best, average)``: the average model's own best (``average_best.pt``)."""
     import torch
 
     from bundle.engine.files import safe_load, save_atomic
@@ -217,6 +220,8 @@ def model_files(run: Run, run_root: str | os.PathLike) -> dict[tuple[str, str], 
     d = run.dir(run_root)
     out = d / "eval_models"
     files = {(c, m): out / f"{m}_{c}.pt" for c in CHECKPOINTS for m in MODELS}
+    if (d / "average_best.pt").is_file():
+        files[("best", "average")] = out / "average_best.pt"
     if all(p.is_file() for p in files.values()):
         return files
     for c in CHECKPOINTS:
@@ -227,6 +232,9 @@ def model_files(run: Run, run_root: str | os.PathLike) -> dict[tuple[str, str], 
             else:
                 flat = state[key]
             save_atomic({k: torch.as_tensor(v).detach().clone() for k, v in flat.items()}, files[(c, m)])
+    if ("best", "average") in files:
+        flat = safe_load(d / "average_best.pt")
+        save_atomic({k: torch.as_tensor(v).detach().clone() for k, v in flat.items()}, files[("best", "average")])
     return files
 
 
@@ -307,6 +315,8 @@ def _log_series(log: Path) -> dict[str, list]:
     out: dict[str, list] = {
         k: [[int(i), float(v)] for i, v in series.get(k, [])] for k in ("val_dice", "val_dice_teacher")
     }
+    if series.get("val_dice_average"):
+        out["val_dice_average"] = [[int(i), float(v)] for i, v in series["val_dice_average"]]
     ends = [i for i, _ in out["val_dice"]] or [max((int(i) for i, _ in series.get("loss", [])), default=0)]
     for key in ("pseudo_fg", "label_fg"):
         pts = series.get(key, [])

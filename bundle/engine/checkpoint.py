@@ -6,10 +6,11 @@ A checkpoint is a dict of plain tensors and numbers (it loads with ``weights_onl
 
 ``network`` (student ``state_dict``), ``iteration``, ``epoch``, ``schedule_start`` (the iterations the student had
 before this run: :class:`bundle.handlers.schedule.ContinueSchedule`), ``best_metric``, ``best_iteration``, ``deployed``
-(``"student"`` or ``"teacher"``: which network ``model.pt`` holds), ``rng`` (Python,
-NumPy, torch), ``teacher``, ``optimizer``, ``lr_scheduler``, ``unlabeled_loader`` (the stream position) when present,
-and ``transforms_rng`` (the MONAI random transforms' own states). ``model.pt`` is the student's flat ``state_dict``;
-``model.json`` beside it records its training iterations (:mod:`bundle.engine.model_record`).
+(``"student"``, ``"teacher"`` or ``"average"``: which network ``model.pt`` holds), ``rng`` (Python,
+NumPy, torch), ``teacher``, ``average`` (with ``average_model``), ``optimizer``, ``lr_scheduler``,
+``unlabeled_loader`` (the stream position) when present, and ``transforms_rng`` (the MONAI random transforms' own
+states). ``model.pt`` is the deployed network's flat ``state_dict``; ``model.json`` beside it records its training
+iterations (:mod:`bundle.engine.model_record`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class TrainingState:
         output_dir: folder of ``checkpoint_last.pt``, ``checkpoint_best.pt``, ``checkpoint_iter_<N>.pt``.
         network: the student (possibly DDP-wrapped).
         teacher: the :class:`bundle.method.teacher.EMATeacher`. Defaults to None.
+        average: a slower EMA of the student kept for deployment only (``average_model``), saved and restored like
+            the teacher. Defaults to None.
         optimizer: saved and restored. Defaults to None.
         lr_scheduler: saved and restored. Defaults to None.
         unlabeled_loader: object with ``state_dict``/``load_state_dict`` (the stream position). Defaults to None.
@@ -65,13 +68,15 @@ class TrainingState:
         lr_scheduler: Any = None,
         unlabeled_loader: Any = None,
         model_file: str | os.PathLike | None = None,
+        average: Any = None,
     ):
         self.output_dir = Path(output_dir)
         self.network, self.teacher, self.optimizer, self.lr_scheduler = network, teacher, optimizer, lr_scheduler
         self.unlabeled_loader = unlabeled_loader
+        self.average = average
         self.model_file = Path(model_file) if model_file else None
         self.best_metric, self.best_iteration = -math.inf, -1
-        #: which network ``model.pt`` and ``checkpoint_best.pt`` deploy: "student" or "teacher"
+        #: which network ``model.pt`` and ``checkpoint_best.pt`` deploy: "student", "teacher" or "average"
         self.deployed = "student"
         #: the trainer, set by the handlers that attach to it
         self.trainer: Engine | None = None
@@ -110,6 +115,8 @@ class TrainingState:
         }
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
         if self.lr_scheduler is not None:
@@ -128,6 +135,8 @@ class TrainingState:
         missing = [k for k in ("network", "iteration", "epoch", "rng") if k not in state]
         if self.teacher is not None and "teacher" not in state:
             missing.append("teacher")
+        if self.average is not None and "average" not in state:
+            missing.append("average (the checkpoint was written with average_model off)")
         if self.optimizer is not None and "optimizer" not in state:
             missing.append("optimizer")
         if missing:
@@ -136,6 +145,8 @@ class TrainingState:
         unwrap_model(self.network).load_state_dict(state["network"])
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and "lr_scheduler" in state:
@@ -173,13 +184,15 @@ class TrainingState:
         return save_atomic(self.state_dict(), path or self.last_path)
 
     def export_model(self, which: str = "student") -> None:
-        """Write the flat state_dict (plain tensors) of the student (or, ``which="teacher"``, of the EMA teacher) to
-        ``model_file``, then its record of training iterations (``model.json``); rank 0 only."""
+        """Write the flat state_dict (plain tensors) of the student (or, ``which="teacher"`` / ``"average"``, of the
+        EMA teacher / the average model) to ``model_file``, then its record of training iterations (``model.json``);
+        rank 0 only."""
         if self.model_file is None or not is_rank0():
             return
-        if which not in ("student", "teacher"):
-            raise ValueError(f"which must be 'student' or 'teacher', got {which!r}.")
-        sd = unwrap_model(self.network).state_dict() if which == "student" else self.teacher.state_dict()
+        models = {"student": self.network, "teacher": self.teacher, "average": self.average}
+        if models.get(which) is None:
+            raise ValueError(f"which must be one of {[k for k, v in models.items() if v is not None]}, got {which!r}.")
+        sd = unwrap_model(self.network).state_dict() if which == "student" else models[which].state_dict()
         save_atomic({k: v.detach().cpu().clone() for k, v in sd.items()}, self.model_file)
         write_model_record(self.model_file, self.schedule_iteration())
 

@@ -103,6 +103,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "momentum": _number(0, 1),
     "weight_decay": _number(0),
     "ema_decay": _number(0, 1),
+    "average_decay": _number(0, 1, hi_open=True),
     "lr_power": _number(0),
     "num_iterations": _integer(1),
     "val_interval": _integer(1),
@@ -156,7 +157,7 @@ SPECS: dict[str, tuple[Callable[[Any], bool], str]] = {
         name: _BOOL
         for name in (
             "amp", "amp_cpu", "channels_last", "use_unlabeled", "noise_labeled", "use_mix", "use_semi",
-            "use_consistency", "use_sharpening", "resume", "crop_foreground", "validate_teacher", "tta",
+            "use_consistency", "use_sharpening", "resume", "crop_foreground", "validate_teacher", "average_model", "tta",
             "keep_largest_cc", "semi_on_clean", "save_masks", "invert_to_input", "compile",
         )
     },

@@ -1,8 +1,10 @@
-"""Validation of the EMA teacher during training, beside the student's (``validate_teacher`` in ``train.json``).
+"""Validation of the EMA teacher during training, beside the student's (``validate_teacher`` in ``train.json``),
+and of the average model (``average_model``: a slower EMA of the student, kept for deployment only).
 
 The teacher is a smoothed copy of the student and often scores higher; scoring it at every validation lets a
 run keep the teacher's own best-on-validation weights (``teacher_best.pt``) and log its curve
-(``val_dice_teacher`` in ``log.jsonl``), so that the deployed model can be chosen on validation.
+(``val_dice_teacher`` in ``log.jsonl``), so that the deployed model can be chosen on validation. The same handler,
+``name="average"``, does this for the average model (``average_best.pt``, ``val_dice_average``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ignite.engine import Engine, Events
 
 from bundle.engine.distributed import is_rank0
 from bundle.engine.files import save_atomic, write_json_atomic
+from bundle.engine.rng import rng_state, set_rng_state
 from bundle.handlers.run_log import append_record
 
 __all__ = ["TeacherValidation"]
@@ -27,13 +30,15 @@ logger = logging.getLogger(__name__)
 
 class TeacherValidation:
     """After every run of the student's validator, run ``teacher_evaluator`` (the same data, inferer and metric on
-    the teacher's network), log its key metric and keep the teacher's best weights.
+    the teacher's network), log its key metric and keep the teacher's best weights. The global random states
+    (Python, NumPy, torch) are restored after that evaluation, so validating the teacher (or the average model)
+    leaves the training's random stream, and so its losses and weights, as they are without it.
 
-    Files in ``output_dir`` (rank 0 only, atomic): ``teacher_best.pt`` (the teacher's flat state_dict, plain
-    tensors) and ``teacher_best.json`` (``{"metric", "iteration"}``) whenever the teacher's metric improves; a line
-    ``{"iteration": t, "val_dice_teacher": d}`` appended to ``log_file`` after every validation. A resumed run
+    Files in ``output_dir`` (rank 0 only, atomic): ``<name>_best.pt`` (the network's flat state_dict, plain
+    tensors) and ``<name>_best.json`` (``{"metric", "iteration"}``) whenever its metric improves; a line
+    ``{"iteration": t, "val_dice_<name>": d}`` appended to ``log_file`` after every validation. A resumed run
     (iteration > 0 when the trainer starts, so list this handler after ``ResumeTraining``) continues from
-    the best metric in ``teacher_best.json``; a new run starts from minus infinity.
+    the best metric in ``<name>_best.json``; a new run starts from minus infinity.
 
     Args:
         validator: the student's evaluator; the teacher is scored when it completes.
@@ -45,10 +50,14 @@ class TeacherValidation:
         metric_name: the evaluator's key metric. Defaults to ``"val_mean_dice"``.
         log_file: JSON-lines log in ``output_dir``. Defaults to ``"log.jsonl"`` (the run log).
         state: the run's :class:`bundle.engine.checkpoint.TrainingState`; needed with ``deploy``.
-        deploy: deploy the better of student and teacher (``deploy_model: "best_of_both"``): when the teacher's
-            metric beats the best so far of either, ``checkpoint_best.pt`` (recording ``deployed: "teacher"``) and
-            ``model.pt`` (the teacher's weights) are written; the student's best-model saver does the same the other
+        deploy: deploy the best of the validated networks (``deploy_model: "best_of_both"``): when this one's
+            metric beats the best so far of any, ``checkpoint_best.pt`` (recording ``deployed: <name>``) and
+            ``model.pt`` (its weights) are written; the student's best-model saver does the same the other
             way round. Defaults to False (``model.pt`` is always the student).
+        name: ``"teacher"`` or ``"average"`` (the :class:`bundle.engine.checkpoint.TrainingState` member, and the
+            stem of the files and of the log key above). Defaults to ``"teacher"``.
+        setting: the config setting that switches this validation on, for error messages. Defaults to
+            ``"validate_teacher"``.
     """
 
     def __init__(
@@ -62,12 +71,17 @@ class TeacherValidation:
         log_file: str = "log.jsonl",
         state: Any = None,
         deploy: bool = False,
+        name: str = "teacher",
+        setting: str = "validate_teacher",
     ) -> None:
-        if deploy and not enabled:
+        if name not in ("teacher", "average"):
+            raise ValueError(f"name must be 'teacher' or 'average', got {name!r}.")
+        self.name, self.setting = name, setting
+        if deploy and not enabled and name == "teacher":
             raise ValueError("deploy_model 'best_of_both' needs the teacher validated: set validate_teacher True.")
         if deploy and state is None:
-            raise ValueError("deploying the teacher needs the run's TrainingState (state).")
-        self.state, self.deploy = state, bool(deploy)
+            raise ValueError(f"deploying the {name} needs the run's TrainingState (state).")
+        self.state, self.deploy = state, bool(deploy) and bool(enabled)
         self.validator, self.teacher_evaluator, self.teacher = validator, teacher_evaluator, teacher
         self.output_dir = Path(output_dir)
         self.enabled = bool(enabled)
@@ -79,17 +93,17 @@ class TeacherValidation:
 
     @property
     def best_path(self) -> Path:
-        return self.output_dir / "teacher_best.pt"
+        return self.output_dir / f"{self.name}_best.pt"
 
     @property
     def record_path(self) -> Path:
-        return self.output_dir / "teacher_best.json"
+        return self.output_dir / f"{self.name}_best.json"
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
             return
         if self.teacher is None:
-            raise ValueError("validate_teacher is on but the run has no EMA teacher.")
+            raise ValueError(f"{self.setting} is on but the run has no {self.name} network.")
         self.trainer = engine
         engine.add_event_handler(Events.STARTED, self._started)
         self.validator.add_event_handler(Events.COMPLETED, self._validate_teacher)
@@ -103,29 +117,31 @@ class TeacherValidation:
     def _validate_teacher(self, _: Engine) -> None:
         model = self.teacher.model
         was_training = model.training
+        saved = rng_state()  # the evaluation draws random numbers (its data loader's seed): training must not see it
         try:
             self.teacher_evaluator.run()
         finally:
             model.train(was_training)
+            set_rng_state(saved)
         value = self.teacher_evaluator.state.metrics.get(self.metric_name)
         if value is None:
             return
         value = float(value)
         it = self.trainer.state.iteration if self.trainer is not None else -1
         if self.deploy and math.isfinite(value) and value > self.state.best_metric:
-            self.state.best_metric, self.state.best_iteration, self.state.deployed = value, it, "teacher"
+            self.state.best_metric, self.state.best_iteration, self.state.deployed = value, it, self.name
             self.state.save(self.state.best_path)
-            self.state.export_model("teacher")  # (saving: rank 0 only)
+            self.state.export_model(self.name)  # (saving: rank 0 only)
         if not is_rank0():
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        append_record(self.log_path, {"iteration": it, "val_dice_teacher": value})
+        append_record(self.log_path, {"iteration": it, f"val_dice_{self.name}": value})
         improved = math.isfinite(value) and value > self.best_metric
         if improved:
             self.best_metric, self.best_iteration = value, it
             save_atomic({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, self.best_path)
             write_json_atomic(self.record_path, {"metric": value, "iteration": it}, indent=None)
         logger.info(
-            f"iteration {it}: teacher validation {self.metric_name} {value:.4f} "
+            f"iteration {it}: {self.name} validation {self.metric_name} {value:.4f} "
             f"(best {self.best_metric:.4f} at {self.best_iteration})"
         )

@@ -31,6 +31,7 @@ def test_plgdf_plus_screen_arms_add_one_preset_each(tmp_path):
         ("plgdf_semi_clean", "semi_on_clean"),
         ("plgdf_authors_aug", "authors_augmentation"),
         ("plgdf_plus", "plgdf_plus"),
+        ("plgdf_average", "average_model"),
     ):
         cmd = campaign.train_command(campaign.Run.parse(f"{arm}-4:0"), tmp_path)
         files = cmd[cmd.index("--config_file") + 1]
@@ -167,3 +168,26 @@ def test_interrupted_run_resumes(fake_la, tmp_path, monkeypatch):  # noqa: F811
     assert record["finished"] and [a["returncode"] for a in record["attempts"]] == [137, 0]
     assert "--resume" not in calls[0] and calls[1][-2:] == ["--resume", "True"]
     assert campaign.train(run, tmp_path) is not None and len(calls) == 2  # finished: not run again
+
+
+@pytest.mark.slow
+def test_average_arm_scores_the_average_model(fake_la, tmp_path, monkeypatch):  # noqa: F811
+    """A run of the plgdf_average arm adds the average model's best to the evaluated models (both protocols) and its
+    validation curve to the figures; the summary is still built."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(campaign, "BUDGETS", (2, 3))
+    la_dir, split = fake_la
+    run_root, results = tmp_path / "runs", tmp_path / "results"
+    tiny = [a for a in TINY_TRAIN if a not in ("--spacing", "[3.0,3.0,3.0]")]
+    tiny += ["--labeled_batch_size", "2", "--num_iterations", "4", "--val_interval", "2"]
+    tiny += ["--device", "$torch.device('cpu')", "--n_filters", "2", "--patch_size", "[16,16,16]"]
+    assert campaign.run_campaign(["plgdf_average-2:0"], run_root, la_dir, results, tiny, split) == ["plgdf_average-2:0"]
+    fig = json.loads((results / "la_lite_runs" / "plgdf_average-2_seed0.json").read_text())
+    assert set(fig["evaluations"]) == set(campaign.variants()) | {"paper/best/average", "default/best/average"}
+    assert [p[0] for p in fig["curves"]["val_dice_average"]] == [2, 4]
+    run_dir = campaign.Run.parse("plgdf_average-2:0").dir(run_root)
+    scored, saved = (
+        torch.load(f, weights_only=True)
+        for f in (run_dir / "eval_models" / "average_best.pt", run_dir / "average_best.pt")
+    )
+    assert scored.keys() == saved.keys() and all(torch.equal(scored[k], saved[k]) for k in saved)
