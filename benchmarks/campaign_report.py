@@ -233,14 +233,24 @@ def variants() -> list[str]:
 BEST_OF_BOTH = "best_of_both"
 
 
+#: the in-training validation curve of each network a run can deploy, in the order ties are broken
+VALIDATION_CURVES = {"student": "val_dice", "teacher": "val_dice_teacher", "average": "val_dice_average"}
+
+
+def best_validated(fig: Mapping[str, Any], models: Sequence[str] = ("student", "teacher")) -> str:
+    """The network of ``models`` with the highest best in-training validation Dice in a run (the earlier of
+    ``models`` on a tie; a network without a curve is not a candidate; none: the student). What ``deploy_model:
+    "best_of_both"`` deploys when those networks are validated."""
+    best = {m: _curve_best(fig, VALIDATION_CURVES[m]) for m in models}
+    best = {m: v for m, v in best.items() if v is not None}
+    return max(best, key=lambda m: (best[m], -list(models).index(m))) if best else "student"
+
+
 def best_of_both(fig: Mapping[str, Any]) -> str:
     """The model that ``deploy_model: "best_of_both"`` (PLGDF+ candidate 1) would have deployed from a run:
     ``"teacher"`` when the teacher's best in-training validation Dice beats the student's, else ``"student"``
     (no teacher validation: the student)."""
-    student, teacher = _curve_best(fig, "val_dice"), _curve_best(fig, "val_dice_teacher")
-    if teacher is None:
-        return "student"
-    return "teacher" if student is None or teacher > student else "student"
+    return best_validated(fig, ("student", "teacher"))
 
 
 def _curve_best(fig: Mapping[str, Any], key: str) -> float | None:
@@ -633,3 +643,66 @@ def _curves(figs: dict[str, dict[int, dict]], results_dir: Path, budgets: Iterab
                 ylabel=f"validation Dice ({n} labelled)",
                 styles=styles,
             )
+
+
+AVERAGE_FILE = "average_model_screen.json"
+AVERAGE_COMPARISONS = (("average", "student"), ("average", "teacher"), ("best_of_three", "best_of_both"))
+
+
+def average_summary(results_dir: str | os.PathLike, arm: str = "plgdf_average", labels: int = 4) -> dict[str, Any]:
+    """PLGDF+ candidate 8 (``average_model``), compared inside each run of ``arm``: the best-on-validation
+    student, teacher and average model of the same training, and what validation would deploy from student and
+    teacher (``best_of_both``) or from all three (``best_of_three``). Per protocol: the mean Dice of each (and per
+    seed), and the paired differences of :data:`AVERAGE_COMPARISONS` with 95 % bootstrap intervals over seeds and
+    cases. Written to ``<results_dir>/average_model_screen.json``.
+
+    Raises:
+        FileNotFoundError: no figures of ``arm`` at ``labels``, or none that scored the average model.
+    """
+    results_dir = Path(results_dir)
+    runs = {
+        s: fig
+        for s, fig in load_figures(results_dir).get(f"{arm}-{labels}", {}).items()
+        if all(f"{p}/best/average" in fig["evaluations"] for p in PROTOCOLS)
+    }
+    if not runs:
+        raise FileNotFoundError(f"no {arm}-{labels} figures with the average model in {results_dir / RUNS_DIR}.")
+    seeds = sorted(runs)
+    picks = {
+        "best_of_both": [best_validated(runs[s], ("student", "teacher")) for s in seeds],
+        "best_of_three": [best_validated(runs[s], ("student", "teacher", "average")) for s in seeds],
+    }
+    out: dict[str, Any] = {"arm": arm, "labels": labels, "seeds": seeds, "picks": picks, "protocols": {}}
+    out["validation_best"] = {m: [_curve_best(runs[s], key) for s in seeds] for m, key in VALIDATION_CURVES.items()}
+    out["commits"] = sorted({str(runs[s].get("commit")) for s in seeds})
+    for p in PROTOCOLS:
+        cases = sorted(runs[seeds[0]]["evaluations"][f"{p}/best/student"]["cases"])
+        mats = {m: _matrix(runs, f"{p}/best/{m}", seeds, cases, "dice") for m in ("student", "teacher", "average")}
+        for name, chosen in picks.items():
+            mats[name] = np.stack([mats[m][i] for i, m in enumerate(chosen)])
+        block: dict[str, Any] = {
+            name: {"dice": float(m.mean()), "per_seed": [float(x) for x in m.mean(axis=1)]} for name, m in mats.items()
+        }
+        for a, b in AVERAGE_COMPARISONS:
+            gain = paired_gain(mats[a], mats[b])
+            block[f"{a} - {b}"] = {"mean": gain["mean"], "ci95": gain["ci95"]}
+        out["protocols"][p] = block
+    write_json_atomic(results_dir / AVERAGE_FILE, out, indent=1)
+    return out
+
+
+def average_markdown(summary: dict[str, Any]) -> str:
+    """The table of :func:`average_summary`: Dice % per network and protocol, and the paired differences."""
+    names = ("student", "teacher", "average", "best_of_both", "best_of_three")
+    lines = [
+        "| protocol | " + " | ".join(names) + " | " + " | ".join(f"{a} - {b}" for a, b in AVERAGE_COMPARISONS) + " |",
+        "|" + "---|" * (1 + len(names) + len(AVERAGE_COMPARISONS)),
+    ]
+    for p, block in summary["protocols"].items():
+        cells = [f"{block[n]['dice']:.2f}" for n in names]
+        for a, b in AVERAGE_COMPARISONS:
+            g = block[f"{a} - {b}"]
+            cells.append(f"{g['mean']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]")
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    picks = "; ".join(f"{k}: {', '.join(v)}" for k, v in summary["picks"].items())
+    return "\n".join(lines) + f"\n\nseeds {summary['seeds']}; picks per seed: {picks}\n"

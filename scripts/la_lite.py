@@ -17,6 +17,7 @@ The campaign (labelled budget and seed first-class; see docs/results.md):
     python -m scripts.la_lite crop-fg --labels 4         # true foreground fraction of random crops, per part
     python -m scripts.la_lite screen-summary --results-dir docs/results/plgdf_plus_screen   # PLGDF+ screen table
     python -m scripts.la_lite screen-summary --results-dir docs/results/plgdf_plus_screen --all-seeds  # paired seeds
+    python -m scripts.la_lite average-summary --results-dir docs/results/plgdf_plus_average  # average_model, in-run
 
 A campaign run lives in <run-root>/labels<N>/<arm>/seed<k>; after it ends its figures go to
 <results-dir>/la_lite_runs/<arm>-<N>_seed<k>.json (default results dir docs/results), the summary
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             "window-summary",
             "crop-fg",
             "screen-summary",
+            "average-summary",
         ],
     )
     parser.add_argument("--la-dir", default="../shared/data/LA", help="LA folder (default ../shared/data/LA)")
@@ -183,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             seed = None if args.all_seeds else args.seed
             screen = screen_summary(args.results_dir, labels=args.labels or 4, seed=seed)
             print(screen_markdown(screen))
+            return 0
+        if args.step == "average-summary":
+            from benchmarks.campaign_report import average_markdown, average_summary
+
+            print(average_markdown(average_summary(args.results_dir, labels=args.labels or 4)))
             return 0
         if args.step == "summary":
             out = campaign.summarize(args.results_dir)

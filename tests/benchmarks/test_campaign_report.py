@@ -14,6 +14,8 @@ from benchmarks.campaign_report import (
     _add_derived,
     _budget_block,
     _diagnosis_lines,
+    average_markdown,
+    average_summary,
     best_of_both,
     derived_variants,
     diagnosis,
@@ -243,3 +245,40 @@ def test_summary_reads_plgdf_plus_from_the_plgdf_runs_while_the_preset_only_chan
     assert plus_is_deployment_only(preset) and plus_is_deployment_only()  # the repository's preset too
     preset.write_text(json.dumps({"deploy_model": "best_of_both", "semi_on_clean": True}))
     assert not plus_is_deployment_only(preset) and not plus_is_deployment_only(tmp_path / "missing.json")
+
+
+def test_average_summary_compares_the_networks_of_each_run(tmp_path):
+    """PLGDF+ candidate 8: student, teacher and average model of the same runs, and what validation deploys."""
+
+    def fig(seed: int, dice: dict[str, list[float]], val: dict[str, float]) -> dict:
+        evaluations = {
+            f"{p}/best/{m}": {"cases": {f"c{i}": {"dice": d / 100} for i, d in enumerate(dice[m])}}
+            for p in PROTOCOLS
+            for m in dice
+        }
+        keys = {"student": "val_dice", "teacher": "val_dice_teacher", "average": "val_dice_average"}
+        curves = {key: [[250, val[m]]] for m, key in keys.items()}
+        return {"run": f"plgdf_average-4:{seed}", "arm": "plgdf_average", "labels": 4, "seed": seed,
+                "evaluations": evaluations, "curves": curves, "commit": "abc"}  # fmt: skip
+
+    runs = tmp_path / "la_lite_runs"
+    runs.mkdir()
+    figs = [
+        fig(0, {"student": [80, 82], "teacher": [84, 84], "average": [86, 86]}, {"student": .8, "teacher": .7, "average": .9}),
+        fig(1, {"student": [70, 70], "teacher": [72, 74], "average": [71, 71]}, {"student": .8, "teacher": .85, "average": .85}),
+    ]  # fmt: skip
+    for f in figs:
+        (runs / f"plgdf_average-4_seed{f['seed']}.json").write_text(json.dumps(f))
+    out = average_summary(tmp_path)
+    assert out["seeds"] == [0, 1] and json.loads((tmp_path / "average_model_screen.json").read_text()) == out
+    # seed 0: the student validates best of student/teacher, the average best of all; seed 1: a tie goes to the teacher
+    assert out["picks"] == {"best_of_both": ["student", "teacher"], "best_of_three": ["average", "teacher"]}
+    block = out["protocols"]["paper"]
+    assert block["average"]["per_seed"] == pytest.approx([86.0, 71.0])
+    assert block["best_of_three"]["per_seed"] == pytest.approx([86.0, 73.0])
+    assert block["best_of_both"]["per_seed"] == pytest.approx([81.0, 73.0])
+    assert block["average - teacher"]["mean"] == pytest.approx((2 + 2 - 1 - 3) / 4)
+    assert block["best_of_three - best_of_both"]["mean"] == pytest.approx((6 + 4 + 0 + 0) / 4)
+    assert "| paper | 75.50 |" in average_markdown(out)
+    with pytest.raises(FileNotFoundError, match="plgdf_average-8"):
+        average_summary(tmp_path, labels=8)
