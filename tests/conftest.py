@@ -87,6 +87,16 @@ def config_content(name: str, config: str = "configs/inference.json", **override
     return parser.get_parsed_content(name)
 
 
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory) -> Path:
+    """A tiny demo dataset (2 labelled, 2 unlabelled, 1 validation, 1 test case of 40x40x12) for training tests."""
+    from bundle.data.demo import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo")
+    generate_demo_dataset(root, n_labelled=2, n_unlabelled=2, n_val=1, n_test=1, shape=(40, 40, 12))
+    return root
+
+
 @pytest.fixture
 def one_thread():
     """Run the test on one torch thread (timings and probes that must not depend on the machine's cores)."""

@@ -19,7 +19,6 @@ import torch
 from ignite.engine import Engine
 from torch.utils.data import DataLoader
 
-from bundle.data.demo import generate_demo_dataset
 from bundle.data.samplers import EndlessLoader, RepeatedShuffleSampler
 from bundle.engine.checkpoint import TrainingState
 from bundle.engine.errors import CheckpointError
@@ -97,13 +96,6 @@ def assert_same_run(out: Path, reference: Path) -> None:
     assert final["iteration"] == 16
     for part in ("network", "teacher"):  # flat state_dicts
         assert all(torch.equal(final[part][k], ref_final[part][k]) for k in ref_final[part]), part
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    generate_demo_dataset(root, n_labelled=2, n_unlabelled=2, n_val=1, n_test=1, shape=(40, 40, 12))
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,6 @@ pytestmark = pytest.mark.slow
 TINY = TINY_TRAIN
 
 
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    generate_demo_dataset(root, n_labelled=2, n_unlabelled=2, n_val=1, n_test=1, shape=(40, 40, 12))
-    return root
-
-
 def test_train_stop_resume(tiny_demo, tmp_path):
     out, models = tmp_path / "run", tmp_path / "models"
     common = [

@@ -62,25 +62,16 @@ def test_training_state_saves_restores_and_exports_the_average(tmp_path):
         TrainingState(tmp_path / "plain", net, average=EMATeacher(net)).load()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from bundle.data.demo import generate_demo_dataset
-
-    root = tmp_path_factory.mktemp("demo")
-    generate_demo_dataset(root, n_labelled=2, n_unlabelled=2, n_val=1, n_test=1, shape=(40, 40, 12))
-    return root
-
-
 @pytest.mark.slow
-def test_average_model_is_validated_and_deployed_without_changing_the_training(tiny, tmp_path):
+def test_average_model_is_validated_and_deployed_without_changing_the_training(tiny_demo, tmp_path):
     """The preset adds a validated average model; with it and the teacher validated too, the losses, student and
     teacher are those of a run that validates neither, bit for bit (the side validations restore the random
     states), and with best_of_both ``model.pt`` holds the best-validating of student, teacher and average."""
     args = [*TINY_TRAIN, "--num_iterations", "8", "--val_interval", "2", "--lr", "0.05"]
     plain, avg = tmp_path / "plain", tmp_path / "avg"
-    run_bundle(TRAIN_CONFIG, *args, *run_dirs(tiny, plain))
+    run_bundle(TRAIN_CONFIG, *args, *run_dirs(tiny_demo, plain))
     run_bundle(
-        f"['{TRAIN_CONFIG}','configs/presets/average_model.json']", *args, *run_dirs(tiny, avg),
+        f"['{TRAIN_CONFIG}','configs/presets/average_model.json']", *args, *run_dirs(tiny_demo, avg),
         "--validate_teacher", "True", "--deploy_model", "best_of_both", "--average_decay", "0.5",
     )  # fmt: skip
     keys = ("iteration", "loss", "val_dice")

@@ -7,21 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundle.data.demo import generate_demo_dataset
 from tests.conftest import TINY_TRAIN, TRAIN_CONFIG, read_log, run_bundle, run_dirs
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    generate_demo_dataset(root, n_labelled=2, n_unlabelled=2, n_val=1, n_test=1, shape=(40, 40, 12))
-    return root
-
-
 @pytest.mark.slow
-def test_best_of_student_and_teacher_is_deployed(tiny, tmp_path):
+def test_best_of_student_and_teacher_is_deployed(tiny_demo, tmp_path):
     out = tmp_path / "run"
-    args = [*TINY_TRAIN, *run_dirs(tiny, out), "--num_iterations", "12", "--val_interval", "2", "--lr", "0.05"]
+    args = [*TINY_TRAIN, *run_dirs(tiny_demo, out), "--num_iterations", "12", "--val_interval", "2", "--lr", "0.05"]
     run_bundle(TRAIN_CONFIG, *args, "--validate_teacher", "True", "--deploy_model", "best_of_both")
     log = read_log(out / "log.jsonl")
     student = {r["iteration"]: r["val_dice"] for r in log if "val_dice" in r}
@@ -37,23 +29,23 @@ def test_best_of_student_and_teacher_is_deployed(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_deploying_the_teacher_needs_its_validation(tiny, tmp_path):
+def test_deploying_the_teacher_needs_its_validation(tiny_demo, tmp_path):
     proc = run_bundle(
-        TRAIN_CONFIG, *TINY_TRAIN, *run_dirs(tiny, tmp_path / "r"), "--num_iterations", "2",
+        TRAIN_CONFIG, *TINY_TRAIN, *run_dirs(tiny_demo, tmp_path / "r"), "--num_iterations", "2",
         "--deploy_model", "best_of_both", check=False,
     )  # fmt: skip
     assert proc.returncode != 0 and "needs the teacher validated: set validate_teacher True" in proc.stderr
 
 
 @pytest.mark.slow
-def test_plgdf_plus_preset_changes_what_is_deployed_not_the_training(tiny, tmp_path):
+def test_plgdf_plus_preset_changes_what_is_deployed_not_the_training(tiny_demo, tmp_path):
     """configs/presets/plgdf_plus.json over a run that already validates the teacher (LA-lite does): the same losses
     and the same final student and teacher, bit for bit. So the campaign's plgdf runs, scored by the model this
     preset would deploy (``best_of_both``), are the plgdf_plus runs of the same commit (docs/results.md)."""
     args = [*TINY_TRAIN, "--num_iterations", "8", "--val_interval", "2", "--lr", "0.05", "--validate_teacher", "True"]
     plain, plus = tmp_path / "plain", tmp_path / "plus"
-    run_bundle(TRAIN_CONFIG, *args, *run_dirs(tiny, plain))
-    run_bundle(f"['{TRAIN_CONFIG}','configs/presets/plgdf_plus.json']", *args, *run_dirs(tiny, plus))
+    run_bundle(TRAIN_CONFIG, *args, *run_dirs(tiny_demo, plain))
+    run_bundle(f"['{TRAIN_CONFIG}','configs/presets/plgdf_plus.json']", *args, *run_dirs(tiny_demo, plus))
     keys = ("iteration", "loss", "val_dice", "val_dice_teacher")
     rows = [[{k: r[k] for k in keys if k in r} for r in read_log(out / "log.jsonl")] for out in (plain, plus)]
     assert rows[0] == rows[1] and any("loss" in r for r in rows[0])
