@@ -4,7 +4,9 @@ the EMA teacher, kept for deployment only (a PLGDF+ candidate, issue #18).
 The teacher's decay (0.99) averages the student over about the last 100 iterations; the average model's
 (``average_decay``, 0.999) over about the last 1000, most of the low-learning-rate end of the polynomial schedule.
 It never makes pseudo-labels and never feeds back into training: a run with it has the same losses, student and
-teacher as one without. It is validated beside the student (:class:`bundle.handlers.teacher_validation.
+teacher as one without. Its BatchNorm statistics are re-estimated on clean patches with the student's
+(:class:`bundle.handlers.bn_reestimate.ReestimateBatchNorm`, ``also``), since the average of the student's running
+statistics does not fit weights averaged over so many iterations. It is validated beside the student (:class:`bundle.handlers.teacher_validation.
 TeacherValidation` with ``name="average"``) and can be deployed by ``deploy_model: best_of_both``.
 """
 

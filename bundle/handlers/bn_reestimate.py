@@ -52,6 +52,9 @@ class ReestimateBatchNorm:
         interval: iterations between re-estimations (the validation interval). Default 50.
         max_volumes: most volumes kept for the patches. Default 16.
         seed: seed of the patch positions. Default 0.
+        also: other networks whose statistics are re-estimated the same way, on the same patches (the average model
+            of ``average_model``: an average of weights over many iterations needs statistics of its own, which an
+            average of the student's running statistics is not). Default none.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class ReestimateBatchNorm:
         interval: int = 50,
         max_volumes: int = 16,
         seed: int = 0,
+        also: Sequence[torch.nn.Module] = (),
     ) -> None:
         if batches < 0 or batch_size < 1 or interval < 1 or max_volumes < 1:
             raise ValueError(
@@ -73,6 +77,7 @@ class ReestimateBatchNorm:
                 f"{batches}, {batch_size}, {interval}, {max_volumes}."
             )
         self.network = network
+        self.also = [n for n in also if n is not None]
         items = list(labeled_data) + list(unlabeled_data or [])
         self.items = items[: max(max_volumes, len(labeled_data))]
         self.preprocessing = preprocessing
@@ -124,8 +129,9 @@ class ReestimateBatchNorm:
         device = next(network.parameters()).device
         devices = [device] if device.type == "cuda" else []
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=devices):
-            used = reestimate_batchnorm(network, self.patches(iteration))
+        for net in (network, *self.also):
+            with torch.random.fork_rng(devices=devices):
+                used = reestimate_batchnorm(unwrap_model(net), self.patches(iteration))
         self._done_at = iteration
         logger.debug(
             "bn_reestimate at iteration %d: %d batches of %d clean patches, %.1f s",

@@ -96,3 +96,22 @@ def test_average_model_is_validated_and_deployed_without_changing_the_training(t
     model = torch.load(avg / "models" / "model.pt", weights_only=True)
     source = best[{"student": "network", "teacher": "teacher", "average": "average"}[best["deployed"]]]
     assert all(torch.equal(model[k], source[k]) for k in model)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_average_models_batchnorm_is_re_estimated_with_the_students(on):
+    """train.json re-estimates the average model's BatchNorm statistics beside the student's (an average of weights
+    over ~1000 iterations with averaged running statistics scored 4 Dice points lower on LA-lite validation)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(TRAIN_CONFIG)
+    parser["average_model"], parser["n_filters"] = on, 2
+    handlers = parser["train"]["handlers"]
+    at = next(i for i, h in enumerate(handlers) if h["_target_"].endswith("ReestimateBatchNorm"))
+    also = parser.get_parsed_content(f"train#handlers#{at}#also")
+    assert len(also) == int(on)
+    if on:
+        assert also[0] is parser.get_parsed_content("average").model
+    validation = next(i for i, h in enumerate(handlers) if h["_target_"] == "ValidationHandler")
+    assert at < validation

@@ -73,3 +73,22 @@ def test_reproducible_per_iteration_and_switch_off(monkeypatch) -> None:
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="bn_reestimate"):
         _handler(_network(), batch_size=0)
+
+
+def test_other_networks_are_re_estimated_on_the_same_patches() -> None:
+    """``also`` (the average model): each network gets the statistics it would get on its own, from the same patches,
+    and the training's random stream is untouched."""
+    net, average, alone = _network(), _network(), _network()
+    with torch.no_grad():
+        average[0].weight.mul_(2.0)
+        alone[0].weight.mul_(2.0)
+    engine = type("E", (), {"state": type("S", (), {"iteration": 2})()})()
+    torch.manual_seed(5)
+    expected = torch.rand(2)
+    torch.manual_seed(5)
+    _handler(net, also=[average, None])(engine)
+    assert torch.equal(torch.rand(2), expected)
+    _handler(alone)(engine)
+    assert torch.allclose(average[1].running_mean, alone[1].running_mean)
+    assert torch.allclose(average[1].running_var, alone[1].running_var)
+    assert not torch.allclose(average[1].running_mean, net[1].running_mean)
