@@ -6,8 +6,9 @@ The teacher's decay (0.99) averages the student over about the last 100 iteratio
 It never makes pseudo-labels and never feeds back into training: a run with it has the same losses, student and
 teacher as one without. Its BatchNorm statistics are re-estimated on clean patches with the student's
 (:class:`bundle.handlers.bn_reestimate.ReestimateBatchNorm`, ``also``), since the average of the student's running
-statistics does not fit weights averaged over so many iterations. It is validated beside the student (:class:`bundle.handlers.teacher_validation.
-TeacherValidation` with ``name="average"``) and can be deployed by ``deploy_model: best_of_both``.
+statistics does not fit weights averaged over so many iterations. It is validated beside the student
+(:class:`bundle.handlers.teacher_validation.TeacherValidation` with ``name="average"``) and can be deployed by
+``deploy_model: best_of_both``.
 """
 
 from __future__ import annotations
