@@ -224,17 +224,16 @@ def model_files(run: Run, run_root: str | os.PathLike) -> dict[tuple[str, str], 
         files[("best", "average")] = out / "average_best.pt"
     if all(p.is_file() for p in files.values()):
         return files
+    flats = {}
     for c in CHECKPOINTS:
         state = safe_load(d / f"checkpoint_{c}.pt")
         for m, key in (("student", "network"), ("teacher", "teacher")):
-            if c == "best" and m == "teacher" and (d / "teacher_best.pt").is_file():
-                flat = safe_load(d / "teacher_best.pt")
-            else:
-                flat = state[key]
-            save_atomic({k: torch.as_tensor(v).detach().clone() for k, v in flat.items()}, files[(c, m)])
+            own_best = d / f"{m}_best.pt"
+            flats[(c, m)] = safe_load(own_best) if c == "best" and m == "teacher" and own_best.is_file() else state[key]
     if ("best", "average") in files:
-        flat = safe_load(d / "average_best.pt")
-        save_atomic({k: torch.as_tensor(v).detach().clone() for k, v in flat.items()}, files[("best", "average")])
+        flats[("best", "average")] = safe_load(d / "average_best.pt")
+    for which, flat in flats.items():
+        save_atomic({k: torch.as_tensor(v).detach().clone() for k, v in flat.items()}, files[which])
     return files
 
 

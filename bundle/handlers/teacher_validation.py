@@ -56,9 +56,10 @@ class TeacherValidation:
             way round. Defaults to False (``model.pt`` is always the student).
         name: ``"teacher"`` or ``"average"`` (the :class:`bundle.engine.checkpoint.TrainingState` member, and the
             stem of the files and of the log key above). Defaults to ``"teacher"``.
-        setting: the config setting that switches this validation on, for error messages. Defaults to
-            ``"validate_teacher"``.
     """
+
+    #: the train.json setting that switches each validation on
+    SETTINGS = {"teacher": "validate_teacher", "average": "average_model"}
 
     def __init__(
         self,
@@ -72,16 +73,15 @@ class TeacherValidation:
         state: Any = None,
         deploy: bool = False,
         name: str = "teacher",
-        setting: str = "validate_teacher",
     ) -> None:
-        if name not in ("teacher", "average"):
-            raise ValueError(f"name must be 'teacher' or 'average', got {name!r}.")
-        self.name, self.setting = name, setting
-        if deploy and not enabled and name == "teacher":
-            raise ValueError("deploy_model 'best_of_both' needs the teacher validated: set validate_teacher True.")
+        if name not in self.SETTINGS:
+            raise ValueError(f"name must be one of {list(self.SETTINGS)}, got {name!r}.")
+        self.name, self.setting = name, self.SETTINGS[name]
+        if deploy and not enabled:
+            raise ValueError(f"deploy_model 'best_of_both' needs the {name} validated: set {self.setting} True.")
         if deploy and state is None:
             raise ValueError(f"deploying the {name} needs the run's TrainingState (state).")
-        self.state, self.deploy = state, bool(deploy) and bool(enabled)
+        self.state, self.deploy = state, bool(deploy)
         self.validator, self.teacher_evaluator, self.teacher = validator, teacher_evaluator, teacher
         self.output_dir = Path(output_dir)
         self.enabled = bool(enabled)
